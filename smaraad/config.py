@@ -1,0 +1,294 @@
+"""Typed, frozen run configuration with the paper's defaults, loaded strictly.
+
+One `TrainConfig` describes one training run. Its fields are the training recipe (Sec. 4.1 of the
+paper); the method's own hyperparameters (alpha, lambda, gamma, c, ...) live in the method's params
+dataclass (smaraad/methods/) and are carried in `TrainConfig.params`.
+
+Both load from a flat mapping, the shape a Ray trial or a YAML file gives: a key that names a
+training field goes to the training config, one that names a field of the method's params goes to
+the params, anything else is an error. Every error is a `ConfigError` that names the key and what is
+allowed; the command-line entry points turn it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from smaraad.errors import UserError
+
+
+class ConfigError(UserError):
+    """A bad configuration value: the message names the key and what is allowed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks: metadata on each dataclass field, checked once at the edge
+# ---------------------------------------------------------------------------------------------
+
+
+def num(default, lo=None, hi=None, *, lo_open=False, hi_open=False, doc=""):
+    """A numeric field with an allowed interval; open ends exclude the bound."""
+    return field(default=default, metadata=dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
+                                                doc=doc))
+
+
+def choice(default, options, doc=""):
+    """A field whose value must be one of `options` (a tuple, or a callable returning one)."""
+    return field(default=default, metadata=dict(options=options, doc=doc))
+
+
+def _interval(md) -> str:
+    lo, hi = md.get("lo"), md.get("hi")
+    left = "(" if md.get("lo_open") else "["
+    right = ")" if md.get("hi_open") else "]"
+    return f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """Convert `value` to the field's type, or raise a ConfigError naming the key."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, str) and kind is float:  # PyYAML reads 5e-4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{name}: expected a {'number' if kind is float else 'whole number'}"
+                              f", got {value!r}")
+        if kind is int:
+            if float(value) != int(value):
+                raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+            return int(value)
+        return float(value)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if kind is tuple:
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+            return tuple(float(v) for v in value)
+        raise ConfigError(f"{name}: expected a list of numbers, got {value!r}")
+    raise TypeError(f"unsupported field type {kind}")
+
+
+def _field_kind(f: dataclasses.Field) -> type:
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return {"bool": bool, "int": int, "float": float, "str": str}.get(t.split("[")[0], tuple)
+
+
+def check_fields(obj) -> None:
+    """Validate every field of a dataclass instance against its metadata."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        md = f.metadata
+        options = md.get("options")
+        if options is not None:
+            options = options() if callable(options) else options
+            if value not in options:
+                raise ConfigError(f"{f.name}: {value!r} is not allowed; allowed: "
+                                  f"{', '.join(map(str, options))}")
+        if "lo" in md:
+            lo, hi = md["lo"], md["hi"]
+            bad = ((lo is not None and (value < lo or (md["lo_open"] and value == lo)))
+                   or (hi is not None and (value > hi or (md["hi_open"] and value == hi))))
+            if bad:
+                raise ConfigError(f"{f.name}: {value!r} is out of range; allowed: {_interval(md)}")
+
+
+def build(cls, values: Mapping[str, Any], *, where: str = "", **ready):
+    """Instantiate dataclass `cls` from `values`, coercing types and checking ranges; `ready`
+    holds fields already built (passed through unchanged)."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ready}
+    kwargs = dict(ready)
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {key!r}{where}; allowed: {', '.join(fields)}")
+        kwargs[key] = _coerce(key, value, _field_kind(fields[key]))
+    obj = cls(**kwargs)
+    check_fields(obj)
+    return obj
+
+
+def fields_doc(cls) -> dict[str, str]:
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The training recipe (paper Sec. 4.1) -- defaults are the paper's
+# ---------------------------------------------------------------------------------------------
+
+
+def _methods():
+    from smaraad.methods import METHODS  # late import: methods import this module
+    return tuple(METHODS)
+
+
+def _models():
+    from smaraad.models import MODELS
+    return tuple(MODELS)
+
+
+DATASETS = ("embedded", "cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = choice("smaraad_pp", _methods, "training method (registry name)")
+    dataset: str = choice("cifar10", DATASETS, "data set")
+    data_root: str = field(default="", metadata=dict(doc="CIFAR folder; '' = $SMARAAD_DATA or ./data"))
+    val_size: float = num(0.1, 0, None, lo_open=True,
+                          doc="validation hold-out of the training set: fraction < 1 or a count")
+    student: str = choice("resnet18", _models, "student (or trained model) architecture")
+    teacher: str = choice("wrn34_10", _models, "teacher architecture (when training one)")
+    epochs: int = num(200, 1, None, doc="training epochs")
+    batch_size: int = num(256, 1, None, doc="images per step")
+    lr: float = num(0.1, 0, None, lo_open=True, doc="initial SGD learning rate")
+    momentum: float = num(0.9, 0, 1, hi_open=True, doc="SGD momentum")
+    weight_decay: float = num(5e-4, 0, None, doc="SGD weight decay")
+    lr_milestones: tuple = field(default=(115 / 200, 160 / 200, 185 / 200),
+                                 metadata=dict(doc="lr /10 points as fractions of the run "
+                                                   "(paper: 115, 160, 185 of 200)"))
+    lr_decay: float = num(0.1, 0, 1, lo_open=True, doc="lr factor at each milestone")
+    eps_255: float = num(8.0, 0, 255, doc="L_inf budget in 1/255 units (8 = 8/255)")
+    step_255: float = num(2.0, 0, 255, lo_open=True, doc="PGD step in 1/255 units")
+    attack_steps: int = num(10, 0, None, doc="PGD steps of the training attack (Eq. 8)")
+    val_pgd_steps: int = num(10, 1, None, doc="PGD steps for val/pgd_acc")
+    val_max: int = num(0, 0, None, doc="cap on validation images per epoch (0 = all)")
+    seed: int = num(0, 0, None, doc="seeds init, data order and attacks")
+    split_seed: int = num(0, 0, None, doc="seeds the validation split (shared by all seeds and "
+                                        "the teacher, so none trains on another's validation)")
+    device: str = field(default="auto", metadata=dict(doc="auto, cpu, cuda or cuda:N"))
+    amp: bool = field(default=False, metadata=dict(doc="bf16 autocast (CUDA only)"))
+    channels_last: bool = field(default=False, metadata=dict(doc="channels_last memory (CUDA)"))
+    params: Any = field(default=None, metadata=dict(doc="the method's hyperparameters"))
+
+    def __post_init__(self):
+        if self.params is None:
+            from smaraad.methods import METHODS
+            spec = METHODS.get(self.method)
+            if spec is not None:
+                object.__setattr__(self, "params", spec.make_params({}))
+        if self.val_size >= 1 and float(self.val_size) != int(self.val_size):
+            raise ConfigError(f"val_size: {self.val_size!r} must be a fraction in (0, 1) or a "
+                              "whole count of images")
+        if any(not 0 < m <= 1 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones: {self.lr_milestones!r}; allowed: fractions in (0, 1]")
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """From a flat mapping (a Ray trial's config, a YAML file): training keys and the method's
+        hyperparameter keys side by side. `lambda` is accepted for the field `lam`."""
+        from smaraad.methods import METHODS
+        values = dict(values)
+        if "lambda" in values:
+            values["lam"] = values.pop("lambda")
+        nested = values.pop("params", None) or {}
+        if not isinstance(nested, Mapping):
+            raise ConfigError(f"params: expected a mapping, got {nested!r}")
+        method = values.get("method", cls.method)
+        if method not in METHODS:
+            raise ConfigError(f"method: {method!r} is not allowed; allowed: {', '.join(METHODS)}")
+        spec = METHODS[method]
+        train_keys = {f.name for f in dataclasses.fields(cls)} - {"params"}
+        p_keys = {f.name for f in dataclasses.fields(spec.params)}
+        p_values = dict(nested)
+        t_values = {}
+        for k, v in values.items():
+            if k not in train_keys and k not in p_keys:
+                raise ConfigError(f"unknown key {k!r}; allowed for method {method!r}: "
+                                  f"{', '.join(sorted(train_keys | p_keys))}")
+            (t_values if k in train_keys else p_values)[k] = v
+        return build(cls, t_values, params=spec.make_params(p_values))
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "TrainConfig":
+        return cls.from_flat(load_yaml_mapping(path))
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with flat changes applied (validated like from_flat)."""
+        return TrainConfig.from_flat({**self.to_flat(), **changes})
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def to_flat(self) -> dict[str, Any]:
+        """Training fields and method hyperparameters side by side (plain types only)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        out["lr_milestones"] = list(self.lr_milestones)
+        out.update(dataclasses.asdict(self.params))
+        return out
+
+    def diff(self) -> dict[str, Any]:
+        """The keys whose value differs from the default of this method (what MLflow logs)."""
+        base = TrainConfig(method=self.method).to_flat()
+        return {k: v for k, v in self.to_flat().items() if base.get(k) != v}
+
+
+def load_yaml_mapping(path: str) -> dict[str, Any]:
+    """Read a YAML mapping with yaml.safe_load; any problem is one ConfigError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: the paper's setting, and the embedded laptop setting (chosen by measurement)
+# ---------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "embedded": {
+        "dataset": "embedded",
+        "student": "small_cnn",
+        "teacher": "small_resnet",
+        "epochs": 8,
+        "batch_size": 128,
+        "lr": 0.05,
+        "attack_steps": 3,
+        "step_255": 4.0,
+        "val_pgd_steps": 10,
+        "val_size": 500,
+    },
+}
+"""`embedded`: the synthetic data set with the small models, sized for 2 CPU cores. Its values were
+chosen by measurement (README, "Embedded preset"); the method hyperparameters it changes (gamma)
+are applied by `preset_config`."""
+
+EMBEDDED_METHOD_PARAMS: dict[str, Any] = {"gamma": 1.0}
+
+
+def preset_for(dataset: str) -> str:
+    return "embedded" if dataset == "embedded" else "paper"
+
+
+def preset_config(values: Mapping[str, Any]) -> TrainConfig:
+    """A TrainConfig from user values laid over the preset of their data set."""
+    dataset = values.get("dataset", "embedded")
+    base = dict(PRESETS[preset_for(dataset)])
+    if preset_for(dataset) == "embedded":
+        from smaraad.methods import METHODS
+        spec = METHODS.get(values.get("method", TrainConfig.method))
+        if spec is not None:
+            names = {f.name for f in dataclasses.fields(spec.params)}
+            base.update({k: v for k, v in EMBEDDED_METHOD_PARAMS.items() if k in names})
+    return TrainConfig.from_flat({**base, **values})

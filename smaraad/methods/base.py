@@ -1,0 +1,57 @@
+"""What a training method is: hyperparameters, and one loss that returns named terms.
+
+A method (mdistiller's shape) is a frozen params dataclass with its paper's defaults and one
+function `loss(ctx, x, y) -> {"term": scalar}` that runs its own inner maximisation and returns its
+outer loss as named, already-weighted, batch-averaged terms. The trainer sums the terms and logs
+each one, so an ablation shows every component's curve with no special code. Adding a method is one
+module and one line in the registry (smaraad/methods/__init__.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from torch import Tensor, nn
+
+from smaraad.config import build
+
+
+@dataclass
+class Context:
+    """What a method's loss may use besides the batch."""
+    student: nn.Module
+    teacher: nn.Module | None   # frozen (no parameter gradients) and in eval mode
+    params: Any                 # the method's params dataclass instance
+    eps: float                  # L_inf budget, [0, 1] units
+    step: float                 # attack step, [0, 1] units
+    steps: int                  # attack steps
+    epoch: int = 0              # 0-based epoch being trained
+    epochs: int = 1
+    state: dict = field(default_factory=dict)  # per-run scratch space (e.g. adaptive weights)
+
+
+Loss = Callable[[Context, Tensor, Tensor], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its params class, its loss and whether it needs a teacher.
+
+    `defaults` overrides the params class's defaults, so that an ablation variant is a named
+    setting of a shared loss (e.g. `kd` = SmaraAD's machinery with a KL outer term, no alignment).
+    """
+    params: type
+    loss: Loss
+    needs_teacher: bool = True
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+    def make_params(self, values: Mapping[str, Any]):
+        return build(self.params, {**self.defaults, **values})
+
+
+def batch_mean(per_sample: Mapping[str, Tensor], weight: Tensor | float = 1.0,
+               prefix: str = "") -> dict[str, Tensor]:
+    """Weight per-sample terms (B,) and average them over the batch: named scalar terms."""
+    return {prefix + k: (weight * v).mean() for k, v in per_sample.items()}

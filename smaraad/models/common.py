@@ -1,0 +1,116 @@
+"""Shared pieces of every network: input normalisation and the CAM-ready base class.
+
+Normalisation lives inside the model so that attacks, data loaders and evaluation all
+work on raw images in [0, 1] and the epsilon ball (e.g. 8/255) is measured in pixel
+units, whatever statistics a model was trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+IN_CHANNELS = 3  # every architecture here has an RGB stem
+
+
+def _as_triple(values: Sequence[float], what: str) -> tuple[float, ...]:
+    """Validate a per-channel statistic and return it as a tuple of plain floats."""
+    try:
+        triple = tuple(float(v) for v in values)
+    except TypeError as err:
+        raise ValueError(f"{what} must be a sequence of {IN_CHANNELS} numbers, got {values!r}") from err
+    if len(triple) != IN_CHANNELS:
+        raise ValueError(f"{what} must have {IN_CHANNELS} values (one per RGB channel), got {len(triple)}")
+    return triple
+
+
+class Normalize(nn.Module):
+    """Maps images in [0, 1] to network input: optional per-image centring, then (x - mean) / std.
+
+    The statistics are buffers so they follow ``.to(device)``, but non-persistent: they are
+    not in ``state_dict()``, which keeps our keys identical to third-party checkpoints (which
+    would otherwise fail strict loading).  Checkpoints store them explicitly instead.
+
+    ``center=True`` first subtracts each image's own per-channel spatial mean.  On synthetic
+    data whose classes differ by shape, the mean colour is a nuisance that kept training from
+    starting; removing it inside the model keeps attacks honest (they still act on [0, 1]).
+    """
+
+    def __init__(self, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 center: bool = False) -> None:
+        super().__init__()
+        mean_t, std_t = _as_triple(mean, "mean"), _as_triple(std, "std")
+        if min(std_t) <= 0.0:
+            raise ValueError(f"std must be positive, got {std_t}")
+        self.center = bool(center)
+        self.register_buffer("mean", torch.tensor(mean_t).view(1, IN_CHANNELS, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std_t).view(1, IN_CHANNELS, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != IN_CHANNELS:
+            raise ValueError(f"expected images of shape (B, {IN_CHANNELS}, H, W), got {tuple(x.shape)}")
+        if self.center:
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+        return (x - self.mean) / self.std
+
+    def stats(self) -> tuple[list[float], list[float]]:
+        """(mean, std) as plain float lists, the form checkpoints store."""
+        return self.mean.flatten().tolist(), self.std.flatten().tolist()
+
+    def extra_repr(self) -> str:
+        mean, std = self.stats()
+        return f"mean={mean}, std={std}, center={self.center}"
+
+
+class CamNet(nn.Module):
+    """A classifier whose logits are ``fc(global_avg_pool(fmap))`` of its last feature map.
+
+    That structure is what makes Class Activation Maps exact: CAM_c = sum_k fc.weight[c, k] *
+    fmap[:, k].  Subclasses build ``self.fc`` and implement ``trunk`` (normalised input ->
+    last feature map, after its final ReLU); the base class adds normalisation, pooling and
+    the three entry points, so every architecture exposes the same interface.
+    """
+
+    fc: nn.Linear
+
+    def __init__(self, arch: str, num_classes: int, mean: Sequence[float] = (0.0, 0.0, 0.0),
+                 std: Sequence[float] = (1.0, 1.0, 1.0), center: bool = False) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.arch = arch
+        self.num_classes = num_classes
+        self.normalize = Normalize(mean, std, center)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Normalised input (B, 3, H, W) -> last feature map (B, K, h, w)."""
+        raise NotImplementedError
+
+    @property
+    def feature_channels(self) -> int:
+        """K, the number of channels of the last feature map (= fc.in_features)."""
+        return self.fc.in_features
+
+    def features(self, x: Tensor) -> Tensor:
+        """Last feature map (B, K, h, w) for images x in [0, 1]."""
+        return self.trunk(self.normalize(x))
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, fmap) from a single pass, so CAM losses need no second forward."""
+        fmap = self.features(x)
+        logits = self.fc(F.adaptive_avg_pool2d(fmap, 1).flatten(1))
+        return logits, fmap
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)[0]
+
+
+def conv_bn(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Bias-free conv ('same' padding) + BatchNorm, the unit every small block repeats."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+    )

@@ -1,0 +1,93 @@
+"""Robust teachers: trained once with PGD-AT through the same trainer, cached by config.
+
+A student run needs an adversarially trained teacher, and the public AD repositories' checkpoint
+links are dead. `provide_teacher` either loads the checkpoint the user names, or trains one with
+`pgd_at` (or any teacher-free method, e.g. TRADES) and caches it on disk under a key derived from
+the teacher's full config, so every trial and every later run reuses it. The teacher's own
+validation accuracy (the paper's Table 2) travels in the checkpoint and is reported with every
+student run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from smaraad.config import TrainConfig, preset_config
+from smaraad.models import load_checkpoint, read_checkpoint, save_checkpoint
+
+TEACHER_SEED = 0  # one teacher per data set and recipe, shared by every student seed
+
+
+def cache_dir() -> Path:
+    """$SMARAAD_CACHE/teachers, or ~/.cache/smaraad/teachers."""
+    root = os.environ.get("SMARAAD_CACHE") or Path.home() / ".cache" / "smaraad"
+    return Path(root) / "teachers"
+
+
+def teacher_config(student: TrainConfig, *, method: str = "pgd_at",
+                   epochs: int | None = None) -> TrainConfig:
+    """The teacher recipe for a student run: the data set's preset (not the student's epochs, so
+    that short student runs share one teacher), the student run's data, split and threat model,
+    its `teacher` architecture, a teacher-free method and a fixed seed."""
+    shared = ("dataset", "data_root", "val_size", "split_seed", "eps_255", "device", "amp",
+              "channels_last")
+    values = {k: getattr(student, k) for k in shared}
+    values.update(method=method, student=student.teacher, teacher=student.teacher,
+                  seed=TEACHER_SEED)
+    if epochs is not None:
+        values["epochs"] = epochs
+    return preset_config(values)
+
+
+def cache_key(cfg: TrainConfig) -> str:
+    """A stable hash of the full teacher config (device and precision switches excluded)."""
+    flat = {k: v for k, v in cfg.to_flat().items() if k not in {"device", "amp", "channels_last"}}
+    blob = json.dumps(flat, sort_keys=True, default=str).encode()
+    return f"{cfg.dataset}-{cfg.student}-{cfg.method}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    path: str                 # where its weights are on disk
+    metrics: dict             # its own validation accuracy: teacher/val_clean_acc, teacher/val_pgd_acc
+    trained: bool = False     # True when this call trained it
+
+
+def provide_teacher(student: TrainConfig, *, path: str | None = None, method: str = "pgd_at",
+                    epochs: int | None = None,
+                    log: Callable[[str], None] | None = print) -> Teacher:
+    """Load the teacher at `path`, else the cached one for this config, else train and cache it."""
+    if path:
+        return _from_file(path)
+    cfg = teacher_config(student, method=method, epochs=epochs)
+    file = cache_dir() / f"{cache_key(cfg)}.pt"
+    if file.exists():
+        if log:
+            log(f"teacher: cached {cfg.student} ({cfg.method}) at {file}")
+        return _from_file(str(file))
+    from smaraad.trainer import fit  # the trainer imports this package's models; keep it lazy
+
+    if log:
+        log(f"teacher: training {cfg.student} with {cfg.method} for {cfg.epochs} epochs "
+            f"on {cfg.dataset} (cached at {file} for later runs)")
+    model, metrics = fit(cfg, log=(lambda line: log("teacher " + line)) if log else None)
+    own = {"teacher/val_clean_acc": metrics["val/clean_acc"],
+           "teacher/val_pgd_acc": metrics["val/pgd_acc"]}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(str(file), model, config=cfg.to_flat(), extra={"metrics": own})
+    return Teacher(model, str(file), own, trained=True)
+
+
+def _from_file(path: str) -> Teacher:
+    raw = read_checkpoint(path)
+    metrics = {k: float(v) for k, v in (raw.get("metrics") or {}).items()
+               if k.startswith("teacher/")}
+    return Teacher(load_checkpoint(path), path, metrics)

@@ -1,0 +1,154 @@
+"""The one training loop: any registered method, any model, laptop CPU or GPU.
+
+`fit(cfg, teacher=..., report=...)` trains and returns (model, last metrics). After every epoch it
+calls `report(metrics, state)`: metrics are `epoch`, `lr`, `train/loss`, `train/loss_<term>` per named
+term, `val/clean_acc`, `val/pgd_acc` (fractions, on the validation split held out of the training
+set); state is everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch),
+made of tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
+state as `resume=` continues the run as if it had never stopped.
+
+This module never imports Ray or MLflow: trainables/ adapts `report` to them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from smaraad.attacks import from_255, pgd
+from smaraad.config import ConfigError, TrainConfig
+from smaraad.data import BatchLoader, Splits, load_data
+from smaraad.evaluation import accuracy
+from smaraad.methods import METHODS, Context
+from smaraad.models import build_model
+
+Report = Callable[[dict, dict], None]
+VAL_STEP_255 = 2.0  # validation PGD uses the evaluation convention, step 2/255
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite: the run cannot continue."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for but CUDA is not available; allowed: auto, cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+
+
+def milestones(cfg: TrainConfig) -> list[int]:
+    """The paper's /10 points (115, 160, 185 of 200) scaled to cfg.epochs, as epoch indices."""
+    return sorted({round(f * cfg.epochs) for f in cfg.lr_milestones} - {0})
+
+
+def load_splits(cfg: TrainConfig) -> Splits:
+    return load_data(cfg.dataset, root=cfg.data_root or None, val_size=cfg.val_size,
+                     seed=cfg.split_seed)
+
+
+def prepare_teacher(teacher: nn.Module, device: torch.device, num_classes: int) -> nn.Module:
+    """Frozen and in eval mode: the attack differentiates through it, never into its weights."""
+    if getattr(teacher, "num_classes", num_classes) != num_classes:
+        raise ConfigError(f"teacher: it has {teacher.num_classes} classes, the data set "
+                          f"{num_classes}")
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def validate(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.device) -> dict:
+    eps, step = from_255(cfg.eps_255), from_255(VAL_STEP_255)
+    attack = lambda m, x, y: pgd(m, x, y, eps=eps, step=step, steps=cfg.val_pgd_steps)  # noqa: E731
+    kw = dict(batch_size=max(cfg.batch_size, 256), device=device, limit=cfg.val_max)
+    return {"val/clean_acc": accuracy(model, data.val, **kw),
+            "val/pgd_acc": accuracy(model, data.val, attack=attack, **kw)}
+
+
+def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | None = None,
+        report: Report | None = None, resume: dict | None = None,
+        log: Callable[[str], None] | None = print) -> tuple[nn.Module, dict]:
+    spec = METHODS[cfg.method]
+    if spec.needs_teacher and teacher is None:
+        raise ConfigError(f"method {cfg.method!r} distils from a teacher, and none was given")
+    device = resolve_device(cfg.device)
+    data = data if data is not None else load_splits(cfg)
+    amp = cfg.amp and device.type == "cuda"
+    memory = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.student, num_classes=data.num_classes, mean=data.mean, std=data.std,
+                        center=data.center).to(device, memory_format=memory or torch.preserve_format)
+    if teacher is not None and spec.needs_teacher:
+        teacher = prepare_teacher(teacher, device, data.num_classes)
+        if memory:
+            teacher = teacher.to(memory_format=memory)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(cfg), gamma=cfg.lr_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = BatchLoader(data.train, cfg.batch_size, shuffle=True, augment=True, generator=gen,
+                         device=device)
+    start, metrics = 0, {}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["rng"]["loader"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in resume["rng"]:
+            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        start, metrics = resume["epoch"], dict(resume.get("metrics", {}))
+
+    ctx = Context(student=model, teacher=teacher if spec.needs_teacher else None,
+                  params=cfg.params, eps=from_255(cfg.eps_255), step=from_255(cfg.step_255),
+                  steps=cfg.attack_steps, epochs=cfg.epochs)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        ctx.epoch = epoch
+        lr = opt.param_groups[0]["lr"]
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        model.train()
+        for x, y in loader:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                terms = spec.loss(ctx, x, y)
+            loss = torch.stack(list(terms.values())).sum()
+            if not torch.isfinite(loss):
+                raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1} "
+                                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = y.shape[0]
+            for k, v in (("", loss), *((f"_{k}", v) for k, v in terms.items())):
+                sums[k] = sums.get(k, 0.0) + v.detach() * n
+            seen += n
+        sched.step()
+        metrics = {"epoch": epoch + 1, "lr": lr,
+                   **{f"train/loss{k}": (v / seen).item() for k, v in sums.items()},
+                   **validate(model, data, cfg, device),
+                   "time/epoch_s": time.perf_counter() - t0}
+        state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "metrics": metrics, "config": cfg.to_flat(),
+                 "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state(),
+                         **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {})}}
+        if log:
+            log(progress_line(metrics, cfg.epochs))
+        if report:
+            report(metrics, state)
+    model.eval()
+    return model, metrics
+
+
+def progress_line(m: dict, epochs: int) -> str:
+    terms = " ".join(f"{k[len('train/loss_'):]}={v:.3f}" for k, v in m.items()
+                     if k.startswith("train/loss_"))
+    return (f"epoch {m['epoch']:>3}/{epochs}  lr {m['lr']:.4g}  loss {m['train/loss']:.4f} "
+            f"({terms})  val clean {m['val/clean_acc']:.3f}  val pgd {m['val/pgd_acc']:.3f}  "
+            f"{m['time/epoch_s']:.1f}s")
