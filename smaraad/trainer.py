@@ -72,10 +72,13 @@ def validate(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.dev
 
 def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | None = None,
         report: Report | None = None, resume: dict | None = None,
-        log: Callable[[str], None] | None = print) -> tuple[nn.Module, dict]:
+        log: Callable[[str], None] | None = print,
+        natural_teacher: nn.Module | None = None) -> tuple[nn.Module, dict]:
     spec = METHODS[cfg.method]
     if spec.needs_teacher and teacher is None:
         raise ConfigError(f"method {cfg.method!r} distils from a teacher, and none was given")
+    if spec.needs_natural_teacher and natural_teacher is None:
+        raise ConfigError(f"method {cfg.method!r} also needs a naturally trained teacher")
     device = resolve_device(cfg.device)
     data = data if data is not None else load_splits(cfg)
     amp = cfg.amp and device.type == "cuda"
@@ -88,6 +91,8 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
         teacher = prepare_teacher(teacher, device, data.num_classes)
         if memory:
             teacher = teacher.to(memory_format=memory)
+    if natural_teacher is not None and spec.needs_natural_teacher:
+        natural_teacher = prepare_teacher(natural_teacher, device, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(cfg), gamma=cfg.lr_decay)
@@ -107,7 +112,8 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
 
     ctx = Context(student=model, teacher=teacher if spec.needs_teacher else None,
                   params=cfg.params, eps=from_255(cfg.eps_255), step=from_255(cfg.step_255),
-                  steps=cfg.attack_steps, epochs=cfg.epochs)
+                  steps=cfg.attack_steps, epochs=cfg.epochs,
+                  natural_teacher=natural_teacher if spec.needs_natural_teacher else None)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         ctx.epoch = epoch

@@ -29,6 +29,7 @@ class Context:
     epoch: int = 0              # 0-based epoch being trained
     epochs: int = 1
     state: dict = field(default_factory=dict)  # per-run scratch space (e.g. adaptive weights)
+    natural_teacher: nn.Module | None = None  # a second, naturally trained teacher (MTARD)
 
 
 Loss = Callable[[Context, Tensor, Tensor], dict[str, Tensor]]
@@ -44,6 +45,7 @@ class MethodSpec:
     params: type
     loss: Loss
     needs_teacher: bool = True
+    needs_natural_teacher: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
 
