@@ -113,7 +113,8 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
     ctx = Context(student=model, teacher=teacher if spec.needs_teacher else None,
                   params=cfg.params, eps=from_255(cfg.eps_255), step=from_255(cfg.step_255),
                   steps=cfg.attack_steps, epochs=cfg.epochs,
-                  natural_teacher=natural_teacher if spec.needs_natural_teacher else None)
+                  natural_teacher=natural_teacher if spec.needs_natural_teacher else None,
+                  state=dict(resume.get("method_state", {})) if resume else {})
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         ctx.epoch = epoch
@@ -142,6 +143,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
                    "time/epoch_s": time.perf_counter() - t0}
         state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "metrics": metrics, "config": cfg.to_flat(),
+                 "method_state": ctx.state,
                  "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state(),
                          **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {})}}
         if log:
