@@ -83,12 +83,17 @@ def ce_loss(model: nn.Module, y: Tensor) -> Callable[[Tensor], Tensor]:
 
 
 def cw_loss(model: nn.Module, y: Tensor, kappa: float = 0.0) -> Callable[[Tensor], Tensor]:
-    """The CW margin: max_{j != y} z_j - z_y, clamped below at -kappa, summed over the batch."""
+    """The CW margin max_{j != y} z_j - z_y, capped above at kappa, summed over the batch.
+
+    Carlini & Wagner (2017) minimise f = max(z_y - max_{j != y} z_j, -kappa); this is -f. The cap
+    stops the push once an image is misclassified with confidence kappa, while a correctly
+    classified image always has a gradient (a floor at -kappa would zero exactly those).
+    """
     def loss(xa: Tensor) -> Tensor:
         z = model(xa).float()
         z_y = z.gather(1, y[:, None]).squeeze(1)
         z_other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(dim=1)
-        return (z_other - z_y).clamp(min=-kappa).sum()
+        return (z_other - z_y).clamp(max=kappa).sum()
     return loss
 
 
@@ -99,10 +104,25 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 8 / 255) -> Ten
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 8 / 255, step: float = 2 / 255,
-        steps: int = 20, start: str = "uniform") -> Tensor:
-    """PGD-k on CE (Madry et al., 2018): uniform random start, step 2/255, eps 8/255."""
+        steps: int = 20, start: str = "uniform", restarts: int = 1) -> Tensor:
+    """PGD-k on CE (Madry et al., 2018): uniform random start, step 2/255, eps 8/255.
+
+    restarts > 1 runs further random starts on the images not yet misclassified and keeps, per
+    image, the first example that fools the model: the worst case over restarts (Madry et al.'s
+    evaluation protocol), so accuracy can only fall as restarts grow.
+    """
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     with model_mode(model, False):
-        return perturb(ce_loss(model, y), x, eps=eps, step=step, steps=steps, start=start)
+        x_adv = perturb(ce_loss(model, y), x, eps=eps, step=step, steps=steps, start=start)
+        for _ in range(restarts - 1):
+            with torch.no_grad():
+                left = (model(x_adv).argmax(dim=1) == y).nonzero().squeeze(1)
+            if left.numel() == 0:
+                break
+            x_adv[left] = perturb(ce_loss(model, y[left]), x[left], eps=eps, step=step,
+                                  steps=steps, start=start)
+        return x_adv
 
 
 def cw_inf(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 8 / 255,

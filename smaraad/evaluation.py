@@ -1,19 +1,31 @@
-"""Accuracy under attack, in batches, eval mode, no parameter gradients.
+"""Accuracy under attack, in batches, eval mode, no parameter gradients; the robustness suite.
 
-`accuracy` is the one function the trainer's per-epoch validation, the final evaluation and the
-orchestrator all use to turn (model, images, attack) into a fraction.
+`accuracy` is the one function the trainer's per-epoch validation uses to turn (model, images,
+attack) into a fraction. `evaluate_suite` is the final evaluation the AD papers report
+(implementation-facts.md, "Evaluation conventions"): clean, FGSM, PGD-20, CW_inf and AutoAttack
+accuracy at eps 8/255, the CAM distance to a teacher on the student's PGD-20 examples, black-box
+transfer from a source model, and sanity flags (smaraad/sanity.py) for orderings a correct
+evaluation obeys.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from contextlib import nullcontext
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from smaraad.attacks import model_mode
+from smaraad.attacks import cw_inf, fgsm, model_mode, pgd
+from smaraad.autoattack import aa_warnings, autoattack, check_version
+from smaraad.losses import align_maps, cam
+from smaraad.sanity import BLACKBOX, sanity_flags, warn
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
+ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
+CAM_CLASSES = ("label", "teacher", "own")  # the vocabulary of SmaraADParams.cam_class
+MASKING_N = 256  # images for the PGD-20 vs PGD-50 check: at most 2.5x PGD-20 on 256 images
 
 
 def batches(data: tuple[Tensor, Tensor], batch_size: int, device: torch.device):
@@ -43,3 +55,149 @@ def accuracy(model: nn.Module, data: tuple[Tensor, Tensor], *, attack: Attack | 
     for x, y in batches(data, batch_size, torch.device(device)):
         hits += correct(model, x, y, attack).sum()
     return hits.item() / max(1, len(data[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation suite
+# ---------------------------------------------------------------------------------------------
+
+
+def check_attacks(names: Sequence[str]) -> tuple[str, ...]:
+    """The attack names, validated against ATTACKS (ValueError names the allowed ones)."""
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown or not names:
+        raise ValueError(f"unknown attack {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"allowed: {', '.join(ATTACKS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def attack_table(*, eps: float, seed: int, aa_version: str = "standard",
+                 aa_attacks: Sequence[str] | None = None) -> dict[str, Attack | None]:
+    """Each suite attack as an Attack. PGD and CW_inf step eps/4 (2/255 at 8/255: the convention)
+    for 20 steps; PGD starts uniformly in the ball, FGSM from x."""
+    step = eps / 4
+    return {
+        "clean": None,
+        "fgsm": lambda m, x, y: fgsm(m, x, y, eps=eps),
+        "pgd20": lambda m, x, y: pgd(m, x, y, eps=eps, step=step, steps=20),
+        "pgd50": lambda m, x, y: pgd(m, x, y, eps=eps, step=step, steps=50),
+        "cw": lambda m, x, y: cw_inf(m, x, y, eps=eps, step=step, steps=20),
+        "aa": lambda m, x, y: autoattack(m, x, y, eps=eps, version=aa_version,
+                                         attacks=aa_attacks, seed=seed),
+    }
+
+
+def sweep(model: nn.Module, data: tuple[Tensor, Tensor], attack: Attack | None, *,
+          batch_size: int, device: torch.device,
+          visit: Callable[[Tensor, Tensor], None] | None = None) -> Tensor:
+    """Per-image correctness (N,) bool on CPU; visit(x_adv, y) sees every attacked batch."""
+    out = []
+    with model_mode(model, False):
+        for x, y in batches(data, batch_size, device):
+            xa = attack(model, x, y) if attack is not None else x
+            with torch.no_grad():
+                out.append((model(xa).argmax(dim=1) == y).cpu())
+            if visit is not None:
+                visit(xa, y)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def cam_distance(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor, *,
+                 cam_class: str = "label") -> Tensor:
+    """Per-image L_align (Eq. 6-7) between the student's and the teacher's CAMs on x, (B,):
+    ReLU'd, per-image min-max normalised maps, bilinearly resized to the larger map, MSE.
+    cam_class picks the class whose weights form each map: the label, the teacher's prediction
+    (both maps), or each model's own prediction."""
+    with torch.no_grad(), model_mode(student, False), model_mode(teacher, False):
+        zs, fs = student.forward_features(x)
+        zt, ft = teacher.forward_features(x)
+        if cam_class == "label":
+            cs = ct = y
+        elif cam_class == "teacher":
+            cs = ct = zt.argmax(dim=1)
+        else:
+            cs, ct = zs.argmax(dim=1), zt.argmax(dim=1)
+        return align_maps(cam(fs, student.fc.weight, cs), cam(ft, teacher.fc.weight, ct))
+
+
+def evaluate_suite(model: nn.Module, data: tuple[Tensor, Tensor], *,
+                   attacks: Sequence[str] = ATTACKS, eps: float = 8 / 255, n: int = 0,
+                   batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
+                   teacher: nn.Module | None = None, source: nn.Module | None = None,
+                   cam_class: str = "label", prefix: str = "test/",
+                   aa_version: str = "standard", aa_attacks: Sequence[str] | None = None,
+                   check_masking: bool | None = None) -> dict:
+    """Robust accuracy of `model` on the first n (0 = all) images of `data` (uint8 or [0, 1]).
+
+    Returns fractions `{prefix}<attack>_acc` for each of `attacks` (clean, fgsm, pgd20, cw, aa);
+    `{prefix}cam_dist` (mean per-image L_align on the same PGD-20 examples that give
+    `{prefix}pgd20_acc`) when a teacher is given; `blackbox/pgd20_acc` and `blackbox/cw_acc`
+    (examples made on `source`, evaluated on `model`) when a source is given; the PGD-20 vs
+    PGD-50 check on the first MASKING_N images (`masking/*`, on by default whenever pgd20 runs:
+    it costs at most 2.5x PGD-20 on 256 images); `time/<attack>_s`; `n`, `seed`, `eps` and
+    `flags` (sanity flags, also emitted as SanityWarning; pyautoattack's own check warnings join
+    them as "autoattack: ...").
+
+    Deterministic for a fixed seed: torch's RNG is seeded before each attack (so an attack's
+    result does not depend on which others ran) and the caller's RNG state is restored after.
+    """
+    names = check_attacks(attacks)
+    if n < 0:
+        raise ValueError(f"n must be >= 0 (0 = all images), got {n}")
+    if cam_class not in CAM_CLASSES:
+        raise ValueError(f"unknown cam_class {cam_class!r}; allowed: {', '.join(CAM_CLASSES)}")
+    if "aa" in names:
+        check_version(aa_version, aa_attacks)
+    device = torch.device(device)
+    if n:
+        data = (data[0][:n], data[1][:n])
+    count = len(data[1])
+    model, teacher, source = (m.to(device) if m is not None else None
+                              for m in (model, teacher, source))
+    table = attack_table(eps=eps, seed=seed, aa_version=aa_version, aa_attacks=aa_attacks)
+    kw = dict(batch_size=batch_size, device=device)
+    result: dict = {"n": count, "seed": seed, "eps": eps}
+    flags: list[str] = []
+
+    def timed(name: str, attack: Attack | None, subset=data, visit=None) -> Tensor:
+        torch.manual_seed(seed)
+        begin = time.perf_counter()
+        hits = sweep(model, subset, attack, visit=visit, **kw)
+        result[f"time/{name}_s"] = time.perf_counter() - begin
+        return hits
+
+    hits: dict[str, Tensor] = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # cam_dist is measured on the PGD-20 examples themselves: made once, used twice
+        for name in names + (("pgd20",) if teacher is not None and "pgd20" not in names else ()):
+            dist: list[Tensor] = []
+            visit = None
+            if name == "pgd20" and teacher is not None:
+                visit = lambda xa, y: dist.append(  # noqa: E731
+                    cam_distance(model, teacher, xa, y, cam_class=cam_class).cpu())
+            with aa_warnings() if name == "aa" else nullcontext([]) as messages:
+                hits[name] = timed(name, table[name], visit=visit)
+            flags += [f"autoattack: {m}" for m in dict.fromkeys(messages)]
+            if name in names:
+                result[f"{prefix}{name}_acc"] = _mean(hits[name])
+            if visit is not None:
+                result[f"{prefix}cam_dist"] = _mean(torch.cat(dist)) if dist else 0.0
+        if source is not None:  # transfer: examples made on the source, judged by the model
+            for name in BLACKBOX:
+                transfer = lambda m, x, y, a=table[name]: a(source, x, y)  # noqa: E731
+                result[f"blackbox/{name}_acc"] = _mean(timed(f"blackbox_{name}", transfer))
+        if (check_masking if check_masking is not None else "pgd20" in names) and count:
+            m = min(MASKING_N, count)
+            sub = (data[0][:m], data[1][:m])
+            pgd20 = hits["pgd20"] if "pgd20" in hits else timed("pgd20", table["pgd20"], sub)
+            result["masking/pgd20_acc"] = _mean(pgd20[:m])
+            result["masking/pgd50_acc"] = _mean(timed("pgd50", table["pgd50"], sub))
+            result["masking/n"] = m
+    flags = sanity_flags(result, prefix=prefix) + flags
+    warn(flags)
+    result["flags"] = flags
+    return result
+
+
+def _mean(hits: Tensor) -> float:
+    return hits.float().mean().item() if hits.numel() else 0.0

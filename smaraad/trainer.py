@@ -50,7 +50,8 @@ def milestones(cfg: TrainConfig) -> list[int]:
 
 
 def load_splits(cfg: TrainConfig) -> Splits:
-    return load_data(cfg.dataset, root=cfg.data_root or None, val_size=cfg.val_size,
+    val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size  # a count or a fraction
+    return load_data(cfg.dataset, root=cfg.data_root or None, val_size=val_size,
                      seed=cfg.split_seed)
 
 

@@ -19,7 +19,8 @@ def pair():
 def context(name, student, teacher, **params):
     spec = METHODS[name]
     return Context(student=student, teacher=teacher if spec.needs_teacher else None,
-                   params=spec.make_params(params), eps=8 / 255, step=2 / 255, steps=2)
+                   params=spec.make_params(params), eps=8 / 255, step=2 / 255, steps=2,
+                   natural_teacher=teacher if spec.needs_natural_teacher else None)
 
 
 def batch(seed=0, n=8):

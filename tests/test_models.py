@@ -11,16 +11,8 @@ import re
 import pytest
 import torch
 
-from smaraad.models import (
-    MODELS,
-    CheckpointError,
-    build_model,
-    count_parameters,
-    import_state_dict,
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
+from smaraad.models import (MODELS, CheckpointError, build_model, count_parameters, import_state_dict,
+                             load_checkpoint, read_checkpoint, save_checkpoint)
 from smaraad.models.wrn import WideResNet
 
 # Trainable parameters at 10 classes (published CIFAR sizes for the paper's models).
@@ -34,14 +26,8 @@ EXPECTED_PARAMS = {
 }
 EXPECTED_MILLIONS = {"resnet18": 11.17, "mobilenetv2": 2.30, "wrn34_10": 46.16, "wrn28_10": 36.48}
 # (channels K, side of the last map) at 32x32 input
-EXPECTED_FMAP_32 = {
-    "resnet18": (512, 4),
-    "mobilenetv2": (1280, 4),
-    "wrn34_10": (640, 8),
-    "wrn28_10": (640, 8),
-    "small_cnn": (64, 8),
-    "small_resnet": (128, 8),
-}
+EXPECTED_FMAP_32 = {"resnet18": (512, 4), "mobilenetv2": (1280, 4), "wrn34_10": (640, 8),
+                    "wrn28_10": (640, 8), "small_cnn": (64, 8), "small_resnet": (128, 8)}
 SMALL = ("small_cnn", "small_resnet")
 BATCH = 2
 
@@ -134,10 +120,11 @@ def test_small_models_at_16x16(name):
 
 
 def test_normalisation_inside_model():
-    model = build_model("small_cnn", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)).eval()
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    model = build_model("small_cnn", mean=mean.tolist(), std=std.tolist()).eval()
     assert not any(k.startswith("normalize") for k in model.state_dict())
     x = torch.rand(BATCH, 3, 16, 16)
-    expected = model.trunk((x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+    expected = model.trunk((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
     torch.testing.assert_close(model.features(x), expected)
     with pytest.raises(ValueError, match="std must be positive"):
         build_model("small_cnn", std=(1.0, 0.0, 1.0))
@@ -197,9 +184,8 @@ def test_round_trip(name, tmp_path):
     assert loaded.normalize.stats() == model.normalize.stats() and loaded.normalize.center
     x = torch.rand(BATCH, 3, 16, 16)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path)  # weights_only=True: plain types only
     assert raw["config"] == {"lr": 0.1, "milestones": [115, 160]} and raw["epoch"] == 3
-    torch.load(path, weights_only=True)  # plain types only
 
 
 def test_save_rejects_bad_payloads(tmp_path):
@@ -237,11 +223,8 @@ def _bad_files(tmp_path):
     return files
 
 
-BAD = ("missing", "corrupt", "truncated", "needs_code", "wrong_arch", "wrong_classes", "unknown_arch",
-       "missing_keys")
-
-
-@pytest.mark.parametrize("kind", BAD)
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "truncated", "needs_code", "wrong_arch",
+                                  "wrong_classes", "unknown_arch", "missing_keys"])
 def test_bad_checkpoint_raises_clear_error(kind, tmp_path):
     path, pattern = _bad_files(tmp_path)[kind]
     with pytest.raises(CheckpointError, match=pattern) as info:

@@ -6,10 +6,17 @@ add one line here. Every registered method is exercised by tests/test_methods.py
 
 from __future__ import annotations
 
+from smaraad.methods.adaad import AdaADParams, adaad_loss
+from smaraad.methods.ard import ARDParams, ard_loss
 from smaraad.methods.base import Context, MethodSpec, batch_mean
+from smaraad.methods.iad import IADParams, iad_loss
+from smaraad.methods.mtard import MTARDParams, mtard_loss
+from smaraad.methods.natural import NaturalParams, natural_loss
 from smaraad.methods.pgd_at import PGDATParams, pgd_at_loss
+from smaraad.methods.rslad import RSLADParams, rslad_loss
 from smaraad.methods.smaraad import (SmaraADParams, SmaraADPPParams, smaraad_loss,
                                      smaraad_pp_loss)
+from smaraad.methods.trades import TRADESParams, trades_loss
 
 METHODS: dict[str, MethodSpec] = {
     "smaraad": MethodSpec(SmaraADParams, smaraad_loss, doc="SmaraAD, Eq. 8-9"),
@@ -24,6 +31,17 @@ METHODS: dict[str, MethodSpec] = {
     "sm_align": MethodSpec(SmaraADParams, smaraad_loss, doc="ablation: L_sm + L_align (= SmaraAD)"),
     "pgd_at": MethodSpec(PGDATParams, pgd_at_loss, needs_teacher=False,
                          doc="PGD-AT (Madry et al., 2018); trains teachers"),
+    # Baselines (docs/baselines.md): each a reference repository's recipe, quirks as switches.
+    "trades": MethodSpec(TRADESParams, trades_loss, needs_teacher=False,
+                         doc="TRADES (Zhang et al., 2019)"),
+    "ard": MethodSpec(ARDParams, ard_loss, doc="ARD (Goldblum et al., 2020)"),
+    "iad": MethodSpec(IADParams, iad_loss, doc="IAD-I (Zhu et al., 2022)"),
+    "rslad": MethodSpec(RSLADParams, rslad_loss, doc="RSLAD (Zi et al., 2021)"),
+    "adaad": MethodSpec(AdaADParams, adaad_loss, doc="AdaAD (Huang et al., 2023)"),
+    "mtard": MethodSpec(MTARDParams, mtard_loss, needs_natural_teacher=True,
+                        doc="MTARD (Zhao et al., 2022): adversarial + natural teacher"),
+    "natural": MethodSpec(NaturalParams, natural_loss, needs_teacher=False,
+                          doc="natural training (CE on clean inputs); MTARD's natural teacher"),
 }
 
 ABLATION_VARIANTS = ("kd", "kd_align", "sm", "sm_align")

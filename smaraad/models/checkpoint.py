@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from smaraad.errors import UserError
+
 from . import MODELS, build_model
 from .common import CamNet
 
@@ -34,8 +36,11 @@ FC_ALIASES = {"resnet18": "linear.", "mobilenetv2": "linear."}
 _PLAIN_SCALARS = (type(None), bool, int, float, str)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot become the requested model; the message names the file."""
+class CheckpointError(UserError):
+    """A checkpoint file that cannot become the requested model; the message names the file.
+
+    A UserError (hence a ValueError): command lines print it as one line, not a traceback.
+    """
 
 
 def save_checkpoint(path: str | os.PathLike, model: CamNet, *, config: dict | None = None,
@@ -95,7 +100,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         raise CheckpointError(f"checkpoint '{path}' lacks keys {missing}; expected a SmaraAD checkpoint "
                               f"with keys {list(REQUIRED_KEYS)} (use import_state_dict for third-party files)")
     arch = ckpt["arch"]
-    if arch not in MODELS:
+    if not isinstance(arch, str) or arch not in MODELS:
         raise CheckpointError(f"checkpoint '{path}' is for unknown arch {arch!r}; allowed: {sorted(MODELS)}")
     try:
         model = build_model(arch, num_classes=ckpt["num_classes"], mean=ckpt["mean"], std=ckpt["std"],

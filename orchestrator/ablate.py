@@ -1,0 +1,66 @@
+"""`python -m orchestrator.ablate`: the paper's ablation (Figure 4) over seeds, no early stopping.
+
+Default: the four variants kd, kd_align, sm, sm_align times seeds 0, 1, 2, each trained for the
+full budget and evaluated on the test split with every attack; prints mean +- std per variant and
+attack. `--space methods` runs the baseline comparison (Table 3) the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from orchestrator import summary
+from orchestrator.common import common_parser, resolve
+from orchestrator.spaces import SpaceError, available, load_space
+from orchestrator.tune import finish
+from smaraad.cli import UsageError, run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = common_parser("python -m orchestrator.ablate", __doc__.split("\n\n")[0])
+    p.add_argument("--space", default="ablation",
+                   help=f"grid space name or YAML path; available: {', '.join(available())}")
+    p.add_argument("--variants", help="comma-separated subset of the space's variants "
+                   "(default: all)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the space's)")
+    args = p.parse_args(argv)
+    space = load_space(args.space)
+    if space.kind != "grid":
+        raise SpaceError(f"space {space.name!r} is a search space; run it with "
+                         f"python -m orchestrator.tune --space {space.name}")
+    key = next(iter(space.grid))
+    variants = space.variants
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        known = [str(v[key]) for v in variants]
+        unknown = [w for w in wanted if w not in known]
+        if unknown or not wanted:
+            raise UsageError(f"--variants: unknown variant {unknown[0] if unknown else '(none)'!r}"
+                             f"; allowed: {','.join(known)}")
+        variants = [v for v in variants if str(v[key]) in wanted]
+    seeds = space.seeds
+    if args.seeds:
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        except ValueError:
+            raise UsageError(f"--seeds: {args.seeds!r}; expected comma-separated whole numbers") \
+                from None
+        if not seeds or min(seeds) < 0:
+            raise UsageError(f"--seeds: {args.seeds!r}; expected whole numbers >= 0")
+    if args.smoke_test and not args.seeds:
+        seeds = seeds[:1]
+    r = resolve(args, space, space_name=space.name)
+
+    from orchestrator.runner import execute
+    rows, plan = execute(args, space, r, kind="ablate", variants=variants, seeds=seeds,
+                         num_samples=1)
+    print()
+    print(summary.trials_table(rows, [key, "seed"], space.metric))
+    print(f"\nmean +- std over seeds ({len(seeds)}), test split:")
+    print(summary.by_variant(rows, key))
+    return finish(args, rows, r)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

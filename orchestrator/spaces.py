@@ -1,0 +1,186 @@
+"""Named search spaces: one YAML file each under search_spaces/, validated strictly on load.
+
+A space is either `kind: tune` (distributions searched by Optuna, early-stopped by ASHA) or
+`kind: grid` (every combination of `grid` values times `seeds`, no early stopping: ablations and
+method comparisons). Every parameter must be one the trainer knows for the space's method(s), every
+range must be non-empty, and the paper's value of each searched parameter must lie inside its range,
+because it is the first point evaluated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+TOP_KEYS = {"description", "kind", "metric", "mode", "base", "search", "grid", "seeds", "asha",
+            "num_samples"}
+METRICS = ("val/pgd_acc", "val/clean_acc")
+
+
+class SpaceError(ConfigError):
+    """An unknown space or an invalid space file."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple = ()
+
+    def contains(self, value: Any) -> bool:
+        if self.distribution == "choice":
+            return value in self.values
+        return self.low <= value <= self.high
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    kind: str                       # "tune" or "grid"
+    metric: str
+    mode: str
+    description: str = ""
+    base: dict = field(default_factory=dict)     # flat TrainConfig values shared by all trials
+    search: dict = field(default_factory=dict)   # name -> Dist (kind: tune)
+    grid: dict = field(default_factory=dict)     # name -> list of values (kind: grid)
+    seeds: tuple = (0,)
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    num_samples: int = 8
+
+    @property
+    def variants(self) -> list[dict]:
+        """Every combination of the grid's values (kind: grid)."""
+        keys = list(self.grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*self.grid.values())]
+
+    def paper_point(self) -> dict:
+        """The paper's value of each searched parameter: Optuna's first point."""
+        flat = TrainConfig.from_flat({"method": self.base.get("method", TrainConfig.method)}).to_flat()
+        return {k: flat[k] for k in self.search}
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> Space:
+    """Load a space by name (search_spaces/NAME.yaml) or by path; SpaceError if anything is off."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise SpaceError(f"unknown space {name_or_path!r}; available: {', '.join(available())}")
+    try:
+        return _validate(path.stem, load_yaml_mapping(str(path)))
+    except ConfigError as exc:
+        raise SpaceError(f"space {path.stem!r}: {exc}") from None
+
+
+def _validate(name: str, raw: dict) -> Space:
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    kind = raw.get("kind")
+    if kind not in ("tune", "grid"):
+        raise ConfigError(f"kind: {kind!r}; allowed: tune, grid")
+    metric, mode = raw.get("metric", "val/pgd_acc"), raw.get("mode", "max")
+    if metric not in METRICS:
+        raise ConfigError(f"metric: {metric!r}; allowed: {', '.join(METRICS)}")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode: {mode!r}; allowed: max, min")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError("base: expected a mapping of config keys to values")
+    TrainConfig.from_flat(base)  # every base key must be valid on its own
+    kw: dict[str, Any] = dict(name=name, kind=kind, metric=metric, mode=mode, base=base,
+                              description=str(raw.get("description", "")))
+    if kind == "tune":
+        search = raw.get("search")
+        if not isinstance(search, dict) or not search:
+            raise ConfigError("search: a tune space needs at least one parameter to search")
+        kw["search"] = {k: _dist(k, v) for k, v in search.items()}
+        _check_known(base, kw["search"])
+        asha = raw.get("asha") or {}
+        bad = set(asha) - {"grace_period", "reduction_factor"}
+        if bad:
+            raise ConfigError(f"asha: unknown key {sorted(bad)[0]!r}; allowed: grace_period, "
+                              "reduction_factor")
+        kw["grace_period"] = _positive_int("asha.grace_period", asha.get("grace_period", 1))
+        kw["reduction_factor"] = float(asha.get("reduction_factor", 2))
+        if not kw["reduction_factor"] > 1:
+            raise ConfigError("asha.reduction_factor: must be > 1")
+        kw["num_samples"] = _positive_int("num_samples", raw.get("num_samples", 8))
+        space = Space(**kw)
+        for k, v in space.paper_point().items():
+            if not space.search[k].contains(v):
+                raise ConfigError(f"search.{k}: the paper's value {v} lies outside the range")
+        return space
+    grid = raw.get("grid")
+    if not isinstance(grid, dict) or not grid or any(
+            not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError("grid: a grid space needs a mapping of parameters to non-empty lists")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ConfigError(f"seeds: {seeds!r}; allowed: a non-empty list of whole numbers >= 0")
+    space = Space(**kw, grid=grid, seeds=tuple(seeds))
+    for variant in space.variants:  # every combination must make a valid config
+        TrainConfig.from_flat({**base, **variant})
+    return space
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}: {value!r}; allowed: a whole number >= 1")
+    return value
+
+
+def _dist(name: str, spec: Any) -> Dist:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"search.{name}: expected a mapping with 'distribution'")
+    kind = spec.get("distribution")
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"search.{name}: distribution {kind!r}; allowed: {', '.join(DISTRIBUTIONS)}")
+    allowed = {"distribution", "values"} if kind == "choice" else {"distribution", "low", "high"}
+    extra = set(spec) - allowed
+    if extra:
+        raise ConfigError(f"search.{name}: unknown key {sorted(extra)[0]!r} for {kind}; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+    if kind == "choice":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"search.{name}: choice needs a non-empty list of values")
+        return Dist(kind, values=tuple(values))
+    low, high = spec.get("low"), spec.get("high")
+    for bound, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"search.{name}.{bound}: expected a number, got {v!r}")
+    if not low < high:
+        raise ConfigError(f"search.{name}: empty or inverted range [{low}, {high}]; need low < high")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"search.{name}: loguniform needs low > 0, got {low}")
+    if kind == "int" and (int(low) != low or int(high) != high):
+        raise ConfigError(f"search.{name}: int bounds must be whole numbers")
+    return Dist(kind, float(low), float(high))
+
+
+def _check_known(base: dict, search: dict) -> None:
+    """Each searched parameter must be a key the trainer knows, valid at both ends of its range."""
+    method = base.get("method", TrainConfig.method)
+    flat = TrainConfig.from_flat({"method": method}).to_flat()
+    for k, d in search.items():
+        if k not in flat:
+            raise ConfigError(f"search.{k}: not a parameter of method {method!r}; known: "
+                              f"{', '.join(sorted(flat))}")
+        ends = d.values if d.distribution == "choice" else (d.low, d.high)
+        for v in ends:
+            TrainConfig.from_flat({**base, k: int(v) if d.distribution == "int" else v})

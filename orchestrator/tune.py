@@ -1,0 +1,89 @@
+"""`python -m orchestrator.tune --space NAME`: Optuna TPE through Ray Tune, ASHA early stopping.
+
+The paper's values are the first point evaluated; TPE (seeded) proposes the rest; ASHA stops
+trials whose validation robust accuracy trails at its rungs (epochs are its time unit). Every trial
+logs to a nested MLflow run; at the end the best configuration (or, with several --objectives, the
+Pareto front) is printed with its validation and test metrics, and how many trial-epochs ASHA
+spent out of the full budget.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from orchestrator import summary
+from orchestrator.common import SMOKE, common_parser, resolve
+from orchestrator.spaces import METRICS, SpaceError, available, load_space
+from smaraad.cli import UsageError, run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = common_parser("python -m orchestrator.tune", __doc__.split("\n\n")[0])
+    p.add_argument("--space", default="gamma_alpha",
+                   help=f"search space name or YAML path; available: {', '.join(available())}")
+    p.add_argument("--num-samples", type=int, help="trials (default: the space's)")
+    p.add_argument("--objectives", help=f"several metrics, e.g. {','.join(reversed(METRICS))}: "
+                   "optimise them jointly and print the Pareto front")
+    args = p.parse_args(argv)
+    space = load_space(args.space)
+    if space.kind != "tune":
+        raise SpaceError(f"space {space.name!r} is a grid; run it with python -m orchestrator.ablate "
+                         f"--space {space.name}")
+    objectives = tuple(o.strip() for o in (args.objectives or "").split(",") if o.strip())
+    bad = [o for o in objectives if o not in METRICS]
+    if bad or len(objectives) == 1:
+        raise UsageError(f"--objectives: {bad[0] if bad else objectives[0]!r}; give two or more "
+                         f"of: {','.join(METRICS)}")
+    num_samples = args.num_samples or (SMOKE["num_samples"] if args.smoke_test else space.num_samples)
+    if num_samples < 1:
+        raise UsageError("--num-samples: must be >= 1")
+    r = resolve(args, space, space_name=space.name)
+
+    from orchestrator.runner import execute
+    rows, plan = execute(args, space, r, kind="tune", variants=[], seeds=(args.seed,),
+                         num_samples=num_samples, objectives=objectives)
+    keys = list(space.search)
+    print()
+    print(summary.trials_table(rows, keys, space.metric))
+    spent, full = summary.budget(rows, plan.epochs)
+    print(f"\nASHA ran {spent} of {full} trial-epochs ({1 - spent / max(1, full):.0%} saved)")
+    if objectives:
+        front = summary.pareto([x for x in rows if x["status"] == "done"], objectives, space.mode)
+        print("\nPareto front (" + " vs ".join(objectives) + "):")
+        print(summary.table(["trial", *keys, *objectives, "test/pgd20_acc"],
+                            [[x["metrics"]["trial_id"], *(x["config"][k] for k in keys),
+                              *(x["metrics"][o] for o in objectives),
+                              x["metrics"].get("test/pgd20_acc", "")] for x in front]))
+    else:
+        top = summary.best(rows, space.metric, space.mode)
+        if top:
+            print(f"\nbest: " + ", ".join(f"{k}={summary.fmt(top['config'][k])}" for k in keys))
+            print("  " + ", ".join(f"{k} {summary.fmt(v)}" for k, v in top["metrics"].items()
+                                   if k.startswith(("val/", "test/"))))
+    return finish(args, rows, r)
+
+
+def finish(args, rows: list[dict], r) -> int:
+    """Shared ending: resume hint, failure count, the analysis report."""
+    interrupted = sum(x["status"] == "interrupted" for x in rows)
+    failed = sum(x["status"] == "failed" for x in rows)
+    print(f"\nMLflow: {r.tracking_uri} (experiment {r.name}); Ray: {r.storage_path}/{r.name}")
+    if failed:
+        print(f"{failed} trial(s) failed: see the table and their MLflow runs")
+    if interrupted:
+        print(f"interrupted: {interrupted} trial(s) unfinished; continue with the same command "
+              f"and --resume --name {r.name}", file=sys.stderr)
+        return 1
+    if not args.no_report:
+        try:
+            from analysis.report import report_experiment
+        except ImportError:
+            return 0
+        report_experiment(r.name, tracking_uri=r.tracking_uri,
+                          out=f"reports/{r.name}", log=print)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

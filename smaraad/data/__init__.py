@@ -1,0 +1,128 @@
+"""Datasets as in-memory uint8 tensors, split into train / validation / test.
+
+    splits = load_data('embedded')            # synthetic shapes, no download (the default)
+    splits = load_data('cifar10', root='data', download=True)
+    loader = BatchLoader(splits.train, 128, shuffle=True, augment=True)
+
+The validation split is a seeded hold-out of the TRAINING set, so checkpoints and
+hyperparameters are chosen without touching the test set, which only final evaluation reads.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .cifar import CIFAR, DataError, load_cifar
+from .embedded import generate
+from .loader import BatchLoader
+
+__all__ = ['DATASETS', 'load_data', 'Splits', 'BatchLoader', 'DataError']
+
+DATASETS = ('embedded', 'cifar10', 'cifar100')
+
+EMBEDDED_CLASSES = 10   # default number of shape classes
+EMBEDDED_SIZE = 16      # default image side, pixels
+EMBEDDED_TRAIN = 5000   # default training images, validation included
+EMBEDDED_TEST = 1000    # test images
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[Tensor, Tensor]      # (images uint8 (N,3,H,W), labels int64 (N,)), validation removed
+    val: tuple[Tensor, Tensor]        # seeded hold-out of the TRAINING set (never from test)
+    test: tuple[Tensor, Tensor]       # test split: only final evaluation touches it
+    num_classes: int
+    mean: tuple[float, float, float]  # per-channel mean of the train split, [0,1] units
+    std: tuple[float, float, float]   # per-channel std of the train split, [0,1] units
+    center: bool                      # model should subtract each image's mean colour (embedded)
+    name: str
+    masks: dict[str, Tensor] | None   # embedded only: split -> (N,H,W) bool object masks
+    synthetic: bool
+
+
+def load_data(name: str, *, root: str | None = None, val_size: int | float = 0.1, seed: int = 0,
+              download: bool = False, num_classes: int | None = None, n_train: int | None = None,
+              image_size: int | None = None, data_seed: int = 0) -> Splits:
+    """Load dataset `name` and split off a validation set.
+
+    `seed` only chooses the validation split; the images themselves depend on `data_seed`
+    (embedded: the generator's seed; CIFAR: which subset `n_train` keeps), so runs that
+    differ in training seed see the same data. `val_size` is a count or a fraction of the
+    training set. num_classes / n_train / image_size override the embedded defaults; for
+    CIFAR, n_train keeps a random subset of the training set and the other two must match."""
+    if name not in DATASETS:
+        raise DataError(f'unknown dataset {name!r}; choose one of {", ".join(DATASETS)}')
+    if n_train is not None and n_train < 2:
+        raise DataError(f'n_train must be >= 2, got {n_train}')
+    if name == 'embedded':
+        train, test, train_masks, test_masks, k = _embedded(num_classes, n_train, image_size, data_seed)
+    else:
+        train, test, k = _cifar(name, root, download, num_classes, n_train, image_size, data_seed)
+        train_masks = test_masks = None
+
+    train_idx, val_idx = _split_indices(train[1].numel(), val_size, seed)
+    mean, std = _channel_stats(train[0][train_idx])
+    masks = None
+    if train_masks is not None:
+        masks = {'train': train_masks[train_idx], 'val': train_masks[val_idx], 'test': test_masks}
+    return Splits(train=(train[0][train_idx], train[1][train_idx]),
+                  val=(train[0][val_idx], train[1][val_idx]), test=test, num_classes=k,
+                  mean=mean, std=std, center=name == 'embedded', name=name, masks=masks,
+                  synthetic=name == 'embedded')
+
+
+def _embedded(num_classes, n_train, image_size, data_seed):
+    """Train and test come from separate generator streams (2*data_seed, 2*data_seed + 1),
+    so the test set does not change with n_train."""
+    k = EMBEDDED_CLASSES if num_classes is None else num_classes
+    size = EMBEDDED_SIZE if image_size is None else image_size
+    n = EMBEDDED_TRAIN if n_train is None else n_train
+    try:
+        x, y, m = generate(n, k, size, seed=2 * data_seed)
+        tx, ty, tm = generate(EMBEDDED_TEST, k, size, seed=2 * data_seed + 1)
+    except ValueError as err:
+        raise DataError(str(err)) from err
+    return (x, y), (tx, ty), m, tm, k
+
+
+def _cifar(name, root, download, num_classes, n_train, image_size, data_seed):
+    title, _, k = CIFAR[name]
+    if num_classes not in (None, k):
+        raise DataError(f'{title} has {k} classes; num_classes={num_classes} is not possible')
+    if image_size not in (None, 32):
+        raise DataError(f'{title} images are 32x32; image_size={image_size} is not supported')
+    train, test = load_cifar(name, root, download)
+    if n_train is not None and n_train < train[1].numel():
+        g = torch.Generator().manual_seed(data_seed)
+        keep = torch.randperm(train[1].numel(), generator=g)[:n_train].sort().values
+        train = (train[0][keep], train[1][keep])
+    return train, test, k
+
+
+def _split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
+    """(train, val) index sets from a seeded permutation, each sorted to keep data order."""
+    if isinstance(val_size, float):
+        if not 0.0 <= val_size < 1.0:
+            raise DataError(f'val_size as a fraction must be in [0, 1), got {val_size}')
+        n_val = round(val_size * n)
+    else:
+        n_val = int(val_size)
+    if not 0 <= n_val < n:
+        raise DataError(f'val_size={val_size} leaves no training data out of {n} images')
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _channel_stats(images: Tensor, chunk: int = 5000) -> tuple[tuple, tuple]:
+    """Per-channel mean and std in [0,1] units, accumulated in float64 over chunks so
+    that 50k CIFAR images never exist as one float copy (600 MB)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp(min=0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())

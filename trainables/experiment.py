@@ -1,0 +1,203 @@
+"""Ray Tune experiments: Optuna + ASHA for tuning, a plain grid for ablations, resume, results.
+
+Everything that knows Ray's API lives here and in trial.py; the commands in orchestrator/ hand over
+a `Plan` and get back plain dicts. Pitfalls this file works around (orchestration-facts.md):
+- metric/mode go on TuneConfig, not also on ASHA (ValueError); for several objectives they go on
+  OptunaSearch, and ASHA keeps its own single metric;
+- TPE models nothing before n_startup_trials finished trials: set it for small sweeps;
+- OptunaSearch refuses grid_search, so grids use the default search algorithm;
+- `Tuner.restore(..., restart_errored=True)` with OptunaSearch dies; `resume_errored=True` works;
+- `num_to_keep=2` plus a hard kill can point the state at a deleted checkpoint: keep 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import json
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from smaraad.io import save_json
+
+from orchestrator.spaces import Space
+from trainables.tracking import Tracking, close_trial_run
+from trainables.trial import COMPLETED, TrialSetup, run_trial
+
+STARTUP_TRIALS = 4  # TPE's random start before it models (Optuna's default is 10)
+
+
+@dataclass
+class Plan:
+    """Everything an experiment needs, resolved by the command line."""
+    space: Space
+    setup: TrialSetup
+    name: str
+    storage_path: str
+    epochs: int
+    num_samples: int = 8
+    seed: int = 0
+    seeds: tuple = (0,)
+    variants: list = field(default_factory=list)   # grid combinations (kind: grid)
+    objectives: tuple = ()                         # several metrics: Pareto mode
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    retries: int = 0
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """A private local instance by default; `address` joins an existing cluster."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+
+
+STOPPED_FILE = "asha_stopped.json"
+
+
+def stopped_trials(exp_dir: str) -> set[str]:
+    f = Path(exp_dir) / STOPPED_FILE
+    return set(json.loads(f.read_text())) if f.exists() else set()
+
+
+def _record_stopped(exp_dir: str, trial_id: str) -> None:
+    save_json(Path(exp_dir) / STOPPED_FILE, sorted(stopped_trials(exp_dir) | {trial_id}))
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that writes down which trials it stopped, so the driver can tell a trial stopped early
+    from one interrupted by Ctrl-C (Tune reports both as terminated).
+
+    max_t is one more than the epochs: plain ASHA stops a trial when it reports its last epoch,
+    which would cut off the final evaluation that follows it."""
+
+    def __init__(self, *, exp_dir: str, epochs: int, **kw):
+        super().__init__(time_attr="epoch", max_t=epochs + 1, **kw)
+        self.exp_dir, self.epochs = exp_dir, epochs
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and not result.get(COMPLETED):
+            _record_stopped(self.exp_dir, trial.trial_id)
+        return decision
+
+
+class MlflowStatus(tune.Callback):
+    """Ends the MLflow run of a trial that could not end it itself (ASHA stop, crash)."""
+
+    def __init__(self, tracking: Tracking, exp_dir: str):
+        self.tracking, self.exp_dir = tracking, exp_dir
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if trial.trial_id in stopped_trials(self.exp_dir):
+            close_trial_run(self.tracking, trial.trial_id, status="FINISHED",
+                            tags={"smaraad.stopped_early": f"after epoch {last.get('epoch', 0)}"})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = _error_text(trial)
+        close_trial_run(self.tracking, trial.trial_id, status="FAILED",
+                        tags={"smaraad.error": reason})
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else "error")[:2000]
+
+
+def trainable(plan: Plan):
+    fn = tune.with_parameters(run_trial, setup=plan.setup)
+    return tune.with_resources(fn, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+
+
+def param_space(plan: Plan) -> dict:
+    if plan.space.kind == "grid":
+        return {**{k: tune.grid_search(list(dict.fromkeys(v[k] for v in plan.variants)))
+                   for k in plan.space.grid},
+                "seed": tune.grid_search(list(plan.seeds))}
+    return {**to_tune(plan.space), "seed": plan.seed}
+
+
+def to_tune(space: Space) -> dict:
+    make = {"uniform": lambda d: tune.uniform(d.low, d.high),
+            "loguniform": lambda d: tune.loguniform(d.low, d.high),
+            "int": lambda d: tune.randint(int(d.low), int(d.high) + 1),
+            "choice": lambda d: tune.choice(list(d.values))}
+    return {k: make[d.distribution](d) for k, d in space.search.items()}
+
+
+def tune_config(plan: Plan) -> tune.TuneConfig:
+    space = plan.space
+    if space.kind == "grid":
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent,
+                               reuse_actors=True)
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = optuna.samplers.TPESampler(seed=plan.seed,
+                                         n_startup_trials=min(STARTUP_TRIALS, plan.num_samples))
+    multi = len(plan.objectives) > 1
+    searcher = OptunaSearch(
+        sampler=sampler if not multi else optuna.samplers.NSGAIISampler(seed=plan.seed),
+        points_to_evaluate=[space.paper_point()],
+        metric=list(plan.objectives) if multi else None,
+        mode=[space.mode] * len(plan.objectives) if multi else None)
+    grace = min(space.grace_period, plan.epochs)
+    scheduler = RecordingASHA(exp_dir=experiment_path(plan), epochs=plan.epochs,
+                              grace_period=grace, reduction_factor=space.reduction_factor,
+                              **({"metric": space.metric, "mode": space.mode} if multi else {}))
+    return tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent),
+        scheduler=scheduler, num_samples=plan.num_samples, reuse_actors=True,
+        **({} if multi else {"metric": space.metric, "mode": space.mode}))
+
+
+def run_config(plan: Plan) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=plan.name, storage_path=plan.storage_path, verbose=0,
+        callbacks=[MlflowStatus(plan.setup.tracking, experiment_path(plan))],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+        failure_config=tune.FailureConfig(max_failures=plan.retries))
+
+
+def experiment_path(plan: Plan) -> str:
+    return str(Path(plan.storage_path) / plan.name)
+
+
+def run(plan: Plan, *, resume: bool) -> list[dict]:
+    """Run (or resume) the experiment; return one plain dict per trial."""
+    path = experiment_path(plan)
+    if resume:
+        tuner = tune.Tuner.restore(path, trainable(plan), resume_errored=True,
+                                   param_space=param_space(plan))
+    else:
+        tuner = tune.Tuner(trainable(plan), param_space=param_space(plan),
+                           tune_config=tune_config(plan), run_config=run_config(plan))
+    grid = tuner.fit()
+    return [trial_row(r) for r in grid]
+
+
+def trial_row(result) -> dict[str, Any]:
+    metrics = dict(result.metrics or {})
+    return {"trial_id": metrics.get("trial_id", ""), "config": dict(result.config or {}),
+            "metrics": metrics, "error": str(result.error).strip().splitlines()[-1][:300]
+            if result.error else "", "path": result.path}
+
+
+def can_resume(path: str) -> bool:
+    return tune.Tuner.can_restore(path)

@@ -1,0 +1,135 @@
+"""The Ray Tune function trainable: one trial = one `smaraad.trainer.fit` run.
+
+It receives the searched values (and the seed, and the grid's method for ablations) as its Tune
+config; everything shared (the base config, the teacher's weights, the data, where to log) comes
+once through Ray's object store via `tune.with_parameters`. Each epoch it reports the core's metrics
+with a checkpoint of the resumable state; on restart it continues from `tune.get_checkpoint()`.
+After the last epoch it runs the final evaluation on the test split and logs everything to the
+trial's own MLflow run.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from smaraad.config import TrainConfig
+from smaraad.data import Splits
+from smaraad.evaluation import evaluate_suite
+from smaraad.models import build_model
+from smaraad.trainer import fit, resolve_device
+from trainables.tracking import Tracking, TrialRun
+
+STATE_FILE = "state.pt"
+COMPLETED = "completed"  # set in the report that follows the final evaluation
+
+
+@dataclass
+class TeacherWeights:
+    """A teacher as plain data (it travels through the object store, not as a pickled module)."""
+    arch: str
+    num_classes: int
+    mean: tuple
+    std: tuple
+    center: bool
+    state_dict: dict
+    metrics: dict = field(default_factory=dict)
+    path: str = ""
+
+    @classmethod
+    def of(cls, model, *, metrics: dict, path: str) -> "TeacherWeights":
+        norm = model.normalize
+        return cls(model.arch, model.num_classes, tuple(norm.mean.flatten().tolist()),
+                   tuple(norm.std.flatten().tolist()), bool(norm.center),
+                   {k: v.cpu() for k, v in model.state_dict().items()}, metrics, path)
+
+    def build(self):
+        model = build_model(self.arch, num_classes=self.num_classes, mean=self.mean, std=self.std,
+                            center=self.center)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+@dataclass
+class TrialSetup:
+    """What every trial of an experiment shares."""
+    base: dict                       # flat TrainConfig values (preset + space base + options)
+    tracking: Tracking
+    teacher: TeacherWeights | None
+    data: Splits
+    eval_attacks: tuple = ("clean", "fgsm", "pgd20", "cw", "aa")
+    eval_n: int = 0                  # test images in the final evaluation (0 = all)
+    threads: int = 1                 # torch threads per trial (= CPUs per trial)
+    tags: dict = field(default_factory=dict)
+
+
+def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
+    return TrainConfig.from_flat({**setup.base, **config})
+
+
+def run_trial(config: dict, setup: TrialSetup) -> None:
+    torch.set_num_threads(max(1, setup.threads))
+    cfg = trial_config(setup, config)
+    trial_id = tune.get_context().get_trial_id()
+    params = {**cfg.diff(), "method": cfg.method, "student": cfg.student, "dataset": cfg.dataset,
+              "seed": cfg.seed, "epochs": cfg.epochs,
+              "teacher": setup.teacher.arch if setup.teacher else "none"}
+    run = TrialRun(setup.tracking, trial_id, run_name=_run_name(config, trial_id), params=params,
+                   tags={**setup.tags, **({"variant": config["method"]} if "method" in config
+                                          else {})})
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    teacher = setup.teacher.build() if setup.teacher else None
+
+    def report(metrics: dict, state: dict) -> None:
+        run.log_metrics(metrics, step=metrics["epoch"])
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    try:
+        if resume is None:
+            run.log_dict(cfg.to_flat(), "config.json")
+            if setup.teacher:
+                run.log_metrics(setup.teacher.metrics, step=0)
+        model, metrics = fit(cfg, teacher=teacher, data=setup.data, report=report, resume=resume,
+                             log=None)
+        device = resolve_device(cfg.device)
+        final = evaluate_suite(model, setup.data.test, attacks=setup.eval_attacks,
+                               n=setup.eval_n, device=device, seed=cfg.seed,
+                               teacher=teacher.to(device) if teacher is not None else None,
+                               eps=cfg.eps_255 / 255.0)
+        flags = final.pop("flags", [])
+        scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+        run.log_metrics(scalars, step=cfg.epochs)
+        run.set_tags({"smaraad.flags": "; ".join(flags) or "none", "smaraad.completed": "true"})
+        with tempfile.TemporaryDirectory() as d:
+            from smaraad.models import save_checkpoint
+            save_checkpoint(Path(d) / "student.pt", model.cpu(), config=cfg.to_flat())
+            run.log_artifact(str(Path(d) / "student.pt"))
+        tune.report({**metrics, **scalars, COMPLETED: 1})
+        run.finish("FINISHED")
+    except Exception as exc:
+        run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        run.finish("FAILED")
+        raise
+
+
+def _run_name(config: dict, trial_id: str) -> str:
+    parts = [f"{k}={_fmt(v)}" for k, v in sorted(config.items())]
+    return f"{trial_id} " + " ".join(parts)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and math.isfinite(v):
+        return f"{v:.4g}"
+    return str(v)
