@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from smaraad.cli import Parser, UsageError, parse_kv
-from smaraad.config import TrainConfig, preset_config
+from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
 from smaraad.methods import METHODS
 
 ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
@@ -101,7 +101,10 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         values["epochs"] = epochs
     values.update(parse_kv(args.set))
     base_cfg = preset_config(values)
-    base = {k: v for k, v in base_cfg.to_flat().items()}
+    # Training keys resolved once; method keys only where the user gave them, since a grid's
+    # variants may be methods with other hyperparameters.
+    base = {**{k: v for k, v in base_cfg.to_flat().items() if k in TRAIN_KEYS},
+            **{k: v for k, v in values.items() if k not in TRAIN_KEYS}}
     eval_n = args.eval_n if args.eval_n is not None else (SMOKE["eval_n"] if args.smoke_test else 0)
     if eval_n < 0:
         raise UsageError(f"--eval-n: {eval_n}; must be >= 0 (0 = the whole test split)")

@@ -7,7 +7,8 @@ from pathlib import Path
 from orchestrator.common import (Resolved, command_line, cpu_count, needs_teacher, parent_state,
                                  write_parent_state)
 from orchestrator.spaces import Space
-from smaraad.config import TrainConfig
+from smaraad.config import preset_config
+from smaraad.methods import METHODS
 from smaraad.trainer import load_splits
 
 
@@ -21,7 +22,7 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
 
     methods = {v.get("method", r.base["method"]) for v in variants} or {r.base["method"]}
     for v in variants:  # every grid point must be a valid config before anything starts
-        TrainConfig.from_flat({**r.base, **v})
+        preset_config({**r.base, **v})
     cpus = cpu_count()
     ex.init_ray(args.address, None if args.address else cpus)
 
@@ -31,6 +32,10 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
         teacher = TeacherWeights.of(t.model, metrics=t.metrics, path=t.path)
         if t.metrics:
             print("teacher: " + ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in t.metrics.items()))
+    natural = None
+    if any(METHODS[m].needs_natural_teacher for m in methods):
+        n = provide_teacher(r.base_cfg, method="natural", epochs=r.teacher_epochs)
+        natural = TeacherWeights.of(n.model, metrics=n.metrics, path=n.path)
     data = load_splits(r.base_cfg)
 
     exp_dir = Path(r.storage_path) / r.name
@@ -54,6 +59,7 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
         write_parent_state(exp_dir, {"tracking": tracking.__dict__, "space": space.name,
                                      "kind": kind, "command": command_line()})
     setup = TrialSetup(base=r.base, tracking=tracking, teacher=teacher, data=data,
+                       natural_teacher=natural,
                        eval_attacks=r.attacks, eval_n=r.eval_n,
                        threads=max(1, int(args.cpus_per_trial)),
                        tags={"smaraad.space": space.name})

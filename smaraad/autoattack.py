@@ -69,9 +69,10 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 8 / 255,
     """
     check_version(version, attacks)
     device = torch.device(device) if device is not None else x.device
-    num_classes = int(getattr(model, "num_classes", 10))
     with model_mode(model, False), frozen(model), torch.random.fork_rng(
             devices=[device] if device.type == "cuda" else []):
+        with torch.no_grad():
+            num_classes = model(x[:1].to(device)).shape[1]
         aa = AutoAttack(model, eps=eps, norm="Linf", version=version, seed=seed, device=device,
                         attacks=list(attacks) if version == "custom" else None)
         targets = min(9, num_classes - 1)

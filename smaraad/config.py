@@ -235,6 +235,9 @@ class TrainConfig:
         return {k: v for k, v in self.to_flat().items() if base.get(k) != v}
 
 
+TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"params"}
+
+
 def load_yaml_mapping(path: str) -> dict[str, Any]:
     """Read a YAML mapping with yaml.safe_load; any problem is one ConfigError naming the file."""
     try:

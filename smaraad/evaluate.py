@@ -109,11 +109,15 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
             check_version(version, aa_attacks)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if n < 0 or batch_size < 1:
-        raise UsageError(f"--n must be >= 0 (0 = all images) and --batch-size >= 1; got "
-                         f"{n} and {batch_size}")
-    if split not in SPLITS:
-        raise UsageError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    for bad, message in ((n < 0, f"--n must be >= 0 (0 = all images), got {n}"),
+                         (batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
+                         (eps_255 is not None and not 0 <= eps_255 <= 255,
+                          f"--eps-255 must be in [0, 255], got {eps_255}"),
+                         (split not in SPLITS, f"unknown split {split!r}; allowed: test, val"),
+                         (cam_class not in CAM_CLASSES, f"unknown cam class {cam_class!r}; "
+                                                        f"allowed: {', '.join(CAM_CLASSES)}")):
+        if bad:
+            raise UsageError(message)
     try:
         raw = read_checkpoint(path)
         config = raw.get("config") or {}

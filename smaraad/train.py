@@ -74,17 +74,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "--out or delete it")
         print(f"resuming {out} after epoch {resume['epoch']}")
 
-    teacher = None
+    teacher = natural = None
     summary: dict = {}
-    if METHODS[cfg.method].needs_teacher:
+    spec = METHODS[cfg.method]
+    if spec.needs_teacher:
         from smaraad.teachers import provide_teacher
         t = provide_teacher(cfg, path=args.teacher)
         teacher = t.model
         summary.update(t.metrics, teacher_path=t.path)
+        if spec.needs_natural_teacher:
+            natural = provide_teacher(cfg, method="natural").model
 
     print(f"training {cfg.student} with {cfg.method} on {cfg.dataset} "
           f"({len(data.train[1])} train / {len(data.val[1])} val images, {cfg.epochs} epochs)")
-    model, metrics = fit(cfg, teacher=teacher, data=data, resume=resume,
+    model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=data, resume=resume,
                          report=lambda m, state: save_torch(state_file, state))
     save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat())
     save_json(out / "metrics.json", {**metrics, **summary})

@@ -155,6 +155,7 @@ def test_cli_writes_every_key(checkpoints, tmp_path, capsys):
     (["--checkpoint", "{ckpt}/corrupt.pt"], "corrupt"),
     (["--checkpoint", "{ckpt}/student.pt", "--attacks", "clean,pgd7"], "allowed: clean, fgsm"),
     (["--checkpoint", "{ckpt}/student.pt", "--n", "-3"], "--n must be >= 0"),
+    (["--checkpoint", "{ckpt}/student.pt", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--checkpoint", "{ckpt}/student.pt", "--dataset", "mnist"], "invalid choice"),
     (["--checkpoint", "{ckpt}/student.pt", "--dataset", "cifar10", "--data-root", "{tmp}"],
      "not found"),

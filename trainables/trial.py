@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from smaraad.config import TrainConfig
+from smaraad.config import TrainConfig, preset_config
 from smaraad.data import Splits
 from smaraad.evaluation import evaluate_suite
 from smaraad.models import build_model
@@ -63,6 +63,7 @@ class TrialSetup:
     tracking: Tracking
     teacher: TeacherWeights | None
     data: Splits
+    natural_teacher: TeacherWeights | None = None   # MTARD's second teacher
     eval_attacks: tuple = ("clean", "fgsm", "pgd20", "cw", "aa")
     eval_n: int = 0                  # test images in the final evaluation (0 = all)
     threads: int = 1                 # torch threads per trial (= CPUs per trial)
@@ -70,7 +71,8 @@ class TrialSetup:
 
 
 def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
-    return TrainConfig.from_flat({**setup.base, **config})
+    """The trial's config: its values over the shared base, over the data set's preset."""
+    return preset_config({**setup.base, **config})
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
@@ -101,8 +103,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             run.log_dict(cfg.to_flat(), "config.json")
             if setup.teacher:
                 run.log_metrics(setup.teacher.metrics, step=0)
-        model, metrics = fit(cfg, teacher=teacher, data=setup.data, report=report, resume=resume,
-                             log=None)
+        natural = setup.natural_teacher.build() if setup.natural_teacher else None
+        model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=setup.data,
+                             report=report, resume=resume, log=None)
         device = resolve_device(cfg.device)
         final = evaluate_suite(model, setup.data.test, attacks=setup.eval_attacks,
                                n=setup.eval_n, device=device, seed=cfg.seed,
