@@ -277,7 +277,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 chosen by measurement (README, "Embedded preset"); the method hyperparameters it changes (gamma)
 are applied by `preset_config`."""
 
-EMBEDDED_METHOD_PARAMS: dict[str, Any] = {"gamma": 1.0}
+EMBEDDED_METHOD_PARAMS: dict[str, Any] = {"gamma": 1.0, "rho_form": "pearson"}
 
 
 def preset_for(dataset: str) -> str:
