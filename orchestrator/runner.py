@@ -11,6 +11,8 @@ from smaraad.config import preset_config
 from smaraad.methods import METHODS
 from smaraad.trainer import load_splits
 
+TEACHER_ARTIFACT_MAX = 256 * 2**20  # bytes; larger teachers are referenced by path only
+
 
 def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds: tuple,
             num_samples: int, objectives: tuple = ()) -> tuple[list[dict], "Plan"]:
@@ -50,12 +52,18 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
             r.tracking_uri, r.name, run_name=r.name,
             tags={"smaraad.kind": kind, "smaraad.space": space.name, "smaraad.metric": space.metric,
                   "smaraad.mode": space.mode, "smaraad.command": command_line(),
+                  "smaraad.search_keys": ",".join(space.search),
+                  "smaraad.grid_keys": ",".join(space.grid),
+                  "smaraad.objectives": ",".join(objectives),
                   "mlflow.note.content": space.description},
             params={**{k: v for k, v in r.base.items()}, "space": space.name,
                     "num_samples": num_samples, "seeds": list(seeds),
                     "teacher_path": teacher.path if teacher else "none",
                     **({f"teacher_{k.split('/')[-1]}": v for k, v in teacher.metrics.items()}
                        if teacher else {})})
+        if teacher and teacher.path and Path(teacher.path).stat().st_size < TEACHER_ARTIFACT_MAX:
+            from trainables.tracking import client
+            client(tracking.uri).log_artifact(tracking.parent_run_id, teacher.path, "teacher")
         write_parent_state(exp_dir, {"tracking": tracking.__dict__, "space": space.name,
                                      "kind": kind, "command": command_line()})
     setup = TrialSetup(base=r.base, tracking=tracking, teacher=teacher, data=data,
