@@ -20,11 +20,11 @@ from urllib.parse import urlparse
 
 from smaraad.cli import Parser, UsageError, parse_kv
 from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
+from smaraad.evaluation import ATTACKS, check_attacks
 from smaraad.methods import METHODS
 
-ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
-SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2}
+SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500}
 
 
 def common_parser(prog: str, description: str) -> Parser:
@@ -60,7 +60,8 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"a tiny run to check the setup ({SMOKE['epochs']} epochs, "
-                        f"{SMOKE['num_samples']} trials, {SMOKE['eval_n']} test images)")
+                        f"{SMOKE['num_samples']} trials, {SMOKE['train_size']} embedded training "
+                        f"images, {SMOKE['eval_n']} test images)")
     return p
 
 
@@ -86,11 +87,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         raise UsageError("--cpus-per-trial: must be > 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError("--max-concurrent: must be >= 1")
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
-    bad = [a for a in attacks if a not in ATTACKS]
-    if bad or not attacks:
-        raise UsageError(f"--attacks: unknown attack {bad[0] if bad else '(none)'!r}; "
-                         f"allowed: {','.join(ATTACKS)}")
+    attacks = check_attacks([a.strip() for a in args.attacks.split(",") if a.strip()])
     values = {**space.base, "dataset": args.dataset, "seed": args.seed}
     for key, value in (("student", args.student), ("teacher", args.teacher_arch),
                        ("data_root", args.data_root)):
@@ -99,6 +96,8 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     epochs = SMOKE["epochs"] if args.smoke_test and args.epochs is None else args.epochs
     if epochs is not None:
         values["epochs"] = epochs
+    if args.smoke_test and args.dataset == "embedded":
+        values["train_size"] = SMOKE["train_size"]
     values.update(parse_kv(args.set))
     base_cfg = preset_config(values)
     # Training keys resolved once; method keys only where the user gave them, since a grid's

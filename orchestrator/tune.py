@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad or len(objectives) == 1:
         raise UsageError(f"--objectives: {bad[0] if bad else objectives[0]!r}; give two or more "
                          f"of: {','.join(METRICS)}")
-    num_samples = args.num_samples or (SMOKE["num_samples"] if args.smoke_test else space.num_samples)
+    num_samples = args.num_samples if args.num_samples is not None else (
+        SMOKE["num_samples"] if args.smoke_test else space.num_samples)
     if num_samples < 1:
         raise UsageError("--num-samples: must be >= 1")
     r = resolve(args, space, space_name=space.name)

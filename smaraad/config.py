@@ -146,6 +146,8 @@ class TrainConfig:
     method: str = choice("smaraad_pp", _methods, "training method (registry name)")
     dataset: str = choice("cifar10", DATASETS, "data set")
     data_root: str = field(default="", metadata=dict(doc="CIFAR folder; '' = $SMARAAD_DATA or ./data"))
+    train_size: int = num(0, 0, None, doc="cap on training-set images before the validation "
+                                          "split (0 = all): quick runs")
     val_size: float = num(0.1, 0, None, lo_open=True,
                           doc="validation hold-out of the training set: fraction < 1 or a count")
     student: str = choice("resnet18", _models, "student (or trained model) architecture")

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from smaraad.errors import UserError
 from smaraad.attacks import cw_inf, fgsm, model_mode, pgd
 from smaraad.autoattack import aa_warnings, autoattack, check_version
 from smaraad.losses import align_maps, cam
@@ -63,10 +64,10 @@ def accuracy(model: nn.Module, data: tuple[Tensor, Tensor], *, attack: Attack | 
 
 
 def check_attacks(names: Sequence[str]) -> tuple[str, ...]:
-    """The attack names, validated against ATTACKS (ValueError names the allowed ones)."""
+    """The attack names, validated against ATTACKS (UserError names the allowed ones)."""
     unknown = [a for a in names if a not in ATTACKS]
     if unknown or not names:
-        raise ValueError(f"unknown attack {', '.join(map(repr, unknown)) or '(none given)'}; "
+        raise UserError(f"unknown attack {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"allowed: {', '.join(ATTACKS)}")
     return tuple(dict.fromkeys(names))
 

@@ -36,8 +36,8 @@ def teacher_config(student: TrainConfig, *, method: str = "pgd_at",
     """The teacher recipe for a student run: the data set's preset (not the student's epochs, so
     that short student runs share one teacher), the student run's data, split and threat model,
     its `teacher` architecture, a teacher-free method and a fixed seed."""
-    shared = ("dataset", "data_root", "val_size", "split_seed", "eps_255", "device", "amp",
-              "channels_last")
+    shared = ("dataset", "data_root", "train_size", "val_size", "split_seed", "eps_255", "device",
+              "amp", "channels_last")
     values = {k: getattr(student, k) for k in shared}
     values.update(method=method, student=student.teacher, teacher=student.teacher,
                   seed=TEACHER_SEED)

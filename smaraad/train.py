@@ -20,10 +20,13 @@ import torch
 
 from smaraad.cli import Parser, parse_kv, run
 from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping, preset_config
+from smaraad.evaluation import check_attacks
 from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
 from smaraad.trainer import fit, load_splits
+
+FINAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
 
 
 def parser() -> Parser:
@@ -42,6 +45,10 @@ def parser() -> Parser:
     p.add_argument("--data-root", help="folder holding the CIFAR files")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<method>-seed<S>)")
+    p.add_argument("--attacks", default=",".join(FINAL_ATTACKS),
+                   help="final test-split evaluation, from clean,fgsm,pgd20,cw,aa ('' = none; "
+                        "AutoAttack costs minutes on a CPU: python -m smaraad.evaluate runs it)")
+    p.add_argument("--eval-n", type=int, default=0, help="test images evaluated (0 = all)")
     return p
 
 
@@ -60,6 +67,11 @@ def config_from_args(args) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cfg = config_from_args(args)
+    attacks = [a for a in args.attacks.split(",") if a]
+    if attacks:
+        check_attacks(attacks)
+    if args.eval_n < 0:
+        raise ConfigError(f"--eval-n: {args.eval_n}; must be >= 0 (0 = the whole test split)")
     out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
     if args.teacher and not Path(args.teacher).is_file():
         raise ConfigError(f"--teacher {args.teacher}: no such file")
@@ -89,7 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({len(data.train[1])} train / {len(data.val[1])} val images, {cfg.epochs} epochs)")
     model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=data, resume=resume,
                          report=lambda m, state: save_torch(state_file, state))
-    save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat())
+    save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat(),
+                    extra={"teacher_path": summary["teacher_path"]} if teacher is not None else None)
+    if attacks:
+        from smaraad.evaluate import evaluate_checkpoint
+        final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=args.eval_n,
+                                    seed=cfg.seed, splits=data, device=cfg.device, log=None)
+        summary.update({k: v for k, v in final.items() if k.startswith(("test/", "masking/"))},
+                       flags=final.get("flags", []))
+        print("test: " + "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items()
+                                   if k.startswith("test/")))
     save_json(out / "metrics.json", {**metrics, **summary})
     print(f"wrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
     return 0

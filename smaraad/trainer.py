@@ -52,7 +52,7 @@ def milestones(cfg: TrainConfig) -> list[int]:
 def load_splits(cfg: TrainConfig) -> Splits:
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size  # a count or a fraction
     return load_data(cfg.dataset, root=cfg.data_root or None, val_size=val_size,
-                     seed=cfg.split_seed)
+                     seed=cfg.split_seed, n_train=cfg.train_size or None)
 
 
 def prepare_teacher(teacher: nn.Module, device: torch.device, num_classes: int) -> nn.Module:

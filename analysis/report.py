@@ -1,0 +1,167 @@
+"""`python -m analysis.report --experiment NAME`: tables, statistics and figures of one experiment.
+
+Reads MLflow only (the parent run and its trial runs, their metrics and artifacts), writes every
+output the experiment supports into --out, prints the main table, and logs the files as
+artifacts of the parent run under `report/`, so they sit beside the runs in the MLflow UI.
+
+    ablation (kind ablate): table.{md,csv,tex}, stats.{md,csv} (paired differences against
+      sm_align or smaraad), fig4_ablation.png, fig1_student_vs_teacher.png (several teachers
+      only), fig2_cams.png (teacher artifact logged)
+    tuning (kind tune): table.{md,csv,tex} (one row per finished trial), tune_history.png,
+      tune_importance.png (>= 2 trials, a varying parameter), tune_asha_curves.png,
+      tune_pareto.png, fig2_cams.png (the best trial's student)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+from analysis import figures, stats, tables
+from analysis.runs import RunsTable, load_runs
+from smaraad.cli import Parser, run
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
+CAM_IMAGES = 4  # test images in the CAM figure: enough to see a pattern, small enough to read
+
+
+def report_experiment(experiment: str, *, tracking_uri: str | None = None, out: str,
+                      log: Callable[[str], None] = print, ci: str = "t") -> list[str]:
+    """Write the report of `experiment` into `out`; return the paths written (UserError if the
+    experiment cannot be read or has no finished trial)."""
+    runs = load_runs(experiment, tracking_uri)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = runs.finished
+    tune = runs.kind == "tune"
+    by = ["trial_id", *(f"params.{k}" for k in runs.keys("search_keys"))] if tune else ["variant"]
+    summary = tables.summarize(done, by)
+    written = [_write(folder / "table.md", tables.to_markdown(summary, by)),
+               _write(folder / "table.tex", tables.to_latex(summary, by))]
+    tables.to_csv(summary, str(folder / "table.csv"))
+    written.append(str(folder / "table.csv"))
+    log(f"\n{experiment} ({runs.kind}): {len(done)} finished of {len(runs.trials)} trial(s); "
+        "test split, mean +- std over seeds")
+    log(tables.to_markdown(summary, by))
+
+    if tune:
+        written += _tune_outputs(runs, folder, log)
+        best = _best(runs)
+        picks = [(f"best {best.trial_id}", best.run_id)]
+    else:
+        written += _ablation_outputs(runs, summary, folder, log, ci)
+        first = done.sort_values("seed").drop_duplicates("variant")  # lowest seed per variant
+        picks = [(f"{r.variant} (seed {r.seed})", r.run_id) for r in first.itertuples()]
+    written.append(_cams(runs, picks, str(folder / "fig2_cams.png"), log))
+
+    written = [p for p in written if p]
+    for path in written:
+        runs.client.log_artifact(runs.parent_id, path, "report")
+    log(f"report: {len(written)} file(s) in {folder}, logged to MLflow run {runs.parent_id} "
+        "under report/")
+    return written
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def _ablation_outputs(runs: RunsTable, summary, folder: Path, log, ci: str) -> list:
+    done, out = runs.finished, []
+    reference = stats.reference_of(done["variant"])
+    if reference and done["variant"].nunique() > 1:
+        diffs = stats.paired_differences(done, reference, method=ci)
+        text = stats.to_markdown(diffs, method=ci)
+        out.append(_write(folder / "stats.md", text))
+        diffs.to_csv(folder / "stats.csv", index=False, float_format="%.6g")
+        out.append(str(folder / "stats.csv"))
+        log(f"paired by seed, variant minus {reference}:")
+        log(text)
+    else:
+        log("no statistics: the experiment has no sm_align or smaraad variant to compare to")
+    out.append(figures.ablation_bars(summary, "variant", str(folder / "fig4_ablation.png"),
+                                     title=f"{runs.experiment}: accuracy per attack"))
+    fig1 = figures.student_vs_teacher(done, "variant", str(folder / "fig1_student_vs_teacher.png"))
+    if fig1 is None:
+        log("no student-vs-teacher figure: every trial distilled from the same teacher")
+    return out + [fig1]
+
+
+def _tune_outputs(runs: RunsTable, folder: Path, log) -> list:
+    metric, trials = runs.metric, runs.trials
+    keys = runs.keys("search_keys")
+    importance = stats.param_importance(trials, keys, metric, runs.mode)
+    if importance is None:
+        log("no importance figure: it needs trials that differ both in a searched parameter "
+            f"and in {metric}")
+    else:
+        log("fANOVA importance: " + ", ".join(f"{k} {v:.2f}" for k, v in importance.items()))
+    # Pareto on the declared objectives when there were several, else clean vs robust
+    objectives = runs.keys("objectives") or ["val/clean_acc", metric]
+    return [figures.optimisation_history(trials, metric, runs.mode,
+                                         str(folder / "tune_history.png")),
+            figures.importance_bars(importance, metric, str(folder / "tune_importance.png")),
+            figures.asha_curves(runs.histories(metric), trials, metric,
+                                str(folder / "tune_asha_curves.png")),
+            figures.pareto_front(trials, objectives, str(folder / "tune_pareto.png"))]
+
+
+def _best(runs: RunsTable):
+    """The finished trial with the best validation metric (test metrics are only reported)."""
+    done = runs.finished.dropna(subset=[f"metrics.{runs.metric}"])
+    ordered = done.sort_values(f"metrics.{runs.metric}", ascending=runs.mode != "max")
+    return next(ordered.itertuples()) if len(ordered) else next(runs.finished.itertuples())
+
+
+def _cams(runs: RunsTable, picks: list[tuple[str, str]], path: str, log) -> str | None:
+    """Figure 2 from the logged checkpoints, on the first test images of the run's data set."""
+    from smaraad.data import load_data
+    from smaraad.errors import UserError
+    from smaraad.models import load_checkpoint, read_checkpoint
+
+    teacher_file = runs.teacher_artifact()
+    if teacher_file is None:
+        log("no CAM figure: the parent run holds no teacher artifact (none, or too large to log)")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            teacher = load_checkpoint(runs.download(runs.parent_id, teacher_file, tmp))
+            students, config = [], {}
+            for label, run_id in picks:
+                f = runs.download(run_id, "student.pt", Path(tmp) / run_id)
+                if f is not None:
+                    students.append((label, load_checkpoint(f)))
+                    config = read_checkpoint(f).get("config", {})
+            if not students:
+                log("no CAM figure: no finished trial logged student.pt")
+                return None
+            splits = load_data(config.get("dataset", "embedded"),
+                               root=config.get("data_root") or None)
+        except UserError as exc:  # a CIFAR folder missing here, an unreadable checkpoint
+            log(f"no CAM figure: {exc}")
+            return None
+    images = splits.test[0][:CAM_IMAGES].float() / 255  # uint8 -> [0, 1], the models' input
+    return figures.cam_grid(teacher, students, images, splits.test[1][:CAM_IMAGES], path,
+                            eps=float(config.get("eps_255", 8.0)) / 255)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = Parser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", required=True, help="MLflow experiment name (the "
+                   "orchestrator's --name, e.g. ablation-20261125-121545)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    p.add_argument("--out", help="output folder (default: reports/<experiment>)")
+    p.add_argument("--ci", choices=("t", "bootstrap"), default="t",
+                   help="confidence intervals of the paired differences (default: t)")
+    args = p.parse_args(argv)
+    report_experiment(args.experiment, tracking_uri=args.tracking_uri,
+                      out=args.out or f"reports/{args.experiment}", ci=args.ci)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
