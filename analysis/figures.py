@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # before pyplot: reports run headless (trial nodes, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.stats import pareto_mask  # noqa: E402
 
@@ -97,8 +98,10 @@ def cam_grid(teacher, students: list[tuple[str, object]], images, labels, path: 
     x_adv = pgd(teacher, images, labels, eps=eps, steps=20)
     models = [("teacher", teacher), *students]
     n = len(images)
-    fig, axes = plt.subplots(n, len(models) + 1, figsize=(1.8 * (len(models) + 1) + 1, 1.8 * n + 0.6),
-                             squeeze=False, layout="constrained")  # constrained: fits the colour bar
+    cols = len(models) + 1
+    # constrained layout makes room for the shared colour bar (tight_layout cannot)
+    fig, axes = plt.subplots(n, cols, figsize=(1.8 * cols + 1, 1.8 * n + 0.6), squeeze=False,
+                             layout="constrained")
     with torch.no_grad():
         for col, (name, model) in enumerate(models, start=1):
             logits, fmap = model.forward_features(x_adv)
@@ -143,6 +146,7 @@ def optimisation_history(trials: pd.DataFrame, metric: str, mode: str, path: str
     ax.step(order, best, where="post", color="k", label="best so far")
     ax.set(xlabel="trial (start order)", ylabel=_label(metric),
            title="Optimisation history (last reported value)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -170,6 +174,7 @@ def asha_curves(history: pd.DataFrame, trials: pd.DataFrame, metric: str, path: 
             ax.plot(curve["step"].iloc[-1], curve["value"].iloc[-1] * 100, "x", ms=10,
                     color=line.get_color())
     ax.set(xlabel="epoch", ylabel=_label(metric), title="Trial curves (x: stopped by ASHA)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if history["trial_id"].nunique() <= 12:  # beyond that a legend hides the curves
         ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
@@ -192,6 +197,6 @@ def pareto_front(trials: pd.DataFrame, objectives: list[str], path: str) -> str 
     for (px, py), trial_id in zip(points[front], done.loc[front, "trial_id"]):
         ax.annotate(trial_id, (px, py), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel=_label(objectives[0]), ylabel=_label(objectives[1]),
-           title="Clean vs robust accuracy (trials that ran every epoch)")
+           title="Pareto front (trials that ran every epoch)")
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -44,7 +44,7 @@ def report_experiment(experiment: str, *, tracking_uri: str | None = None, out: 
     tables.to_csv(summary, str(folder / "table.csv"))
     written.append(str(folder / "table.csv"))
     log(f"\n{experiment} ({runs.kind}): {len(done)} finished of {len(runs.trials)} trial(s); "
-        "test split, mean +- std over seeds")
+        f"test split{'' if tune else ', mean +- std over seeds'}")
     log(tables.to_markdown(summary, by))
 
     if tune:
@@ -82,7 +82,8 @@ def _ablation_outputs(runs: RunsTable, summary, folder: Path, log, ci: str) -> l
         log(f"paired by seed, variant minus {reference}:")
         log(text)
     else:
-        log("no statistics: the experiment has no sm_align or smaraad variant to compare to")
+        log("no statistics: they compare variants with sm_align or smaraad, and this experiment "
+            f"has {', '.join(map(str, done['variant'].unique()))}")
     out.append(figures.ablation_bars(summary, "variant", str(folder / "fig4_ablation.png"),
                                      title=f"{runs.experiment}: accuracy per attack"))
     fig1 = figures.student_vs_teacher(done, "variant", str(folder / "fig1_student_vs_teacher.png"))
@@ -128,8 +129,12 @@ def _cams(runs: RunsTable, picks: list[tuple[str, str]], path: str, log) -> str 
         log("no CAM figure: the parent run holds no teacher artifact (none, or too large to log)")
         return None
     with tempfile.TemporaryDirectory() as tmp:
+        teacher_path = runs.download(runs.parent_id, teacher_file, tmp)
+        if teacher_path is None:
+            log(f"no CAM figure: {teacher_file} could not be downloaded")
+            return None
         try:
-            teacher = load_checkpoint(runs.download(runs.parent_id, teacher_file, tmp))
+            teacher = load_checkpoint(teacher_path)
             students, config = [], {}
             for label, run_id in picks:
                 f = runs.download(run_id, "student.pt", Path(tmp) / run_id)

@@ -40,9 +40,15 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "file", "databricks")
+
+
 def connect(uri: str) -> MlflowClient:
     """A client for `uri`, or one clear error; never creates a store that was not there."""
     parsed = urlparse(uri)
+    if parsed.scheme not in SCHEMES:
+        raise TrackingError(f"--tracking-uri {uri}: unsupported scheme {parsed.scheme!r}; "
+                            "allowed: sqlite:///PATH, http(s)://HOST:PORT, postgresql://, mysql://")
     if parsed.scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):])
         if not path.is_file():  # MLflow would silently create an empty database here
@@ -57,7 +63,13 @@ def connect(uri: str) -> MlflowClient:
         # MLflow's default retries a dead server for minutes; fail in seconds instead
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    return MlflowClient(tracking_uri=uri)
+    try:  # a missing database driver, a refused login, a file store MLflow refuses
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the URI's, said in one line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TrackingError(f"--tracking-uri {uri}: cannot read the store ({reason})") from None
+    return client
 
 
 @dataclass

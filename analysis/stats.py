@@ -69,12 +69,14 @@ def paired_differences(trials: pd.DataFrame, reference: str, *, by: str = "varia
             if v not in wide.columns:
                 continue
             pair = wide[[v, reference]].dropna()
+            if pair.empty:  # e.g. no CAM distance for a method trained without a teacher
+                continue
             d = (pair[v] - pair[reference]).to_numpy(dtype=float)
             lo, hi = interval(d, method=method, level=level, n_boot=n_boot, seed=seed)
             rows.append({"variant": v, "reference": reference, "metric": metric, "title": title,
-                         "n_pairs": len(d), "mean_diff": float(d.mean()) if len(d) else math.nan,
+                         "n_pairs": len(d), "mean_diff": float(d.mean()),
                          "ci_low": lo, "ci_high": hi,
-                         "real": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False})
+                         "real": bool(lo > 0 or hi < 0)})  # False for a NaN interval
     return pd.DataFrame(rows)
 
 
@@ -90,6 +92,9 @@ def to_markdown(diffs: pd.DataFrame, *, level: float = 0.95, method: str = "t") 
         lines.append(f"| {r.variant} | {r.reference} | {r.title} | {r.n_pairs} | "
                      f"{r.mean_diff * scale:+.{digits}f}{unit} | {ci_text} | "
                      f"{'yes' if r.real else 'no'} |")
+    if method == "bootstrap" and len(diffs) and diffs["n_pairs"].min() < 10:
+        lines.append(f"\nWith {diffs['n_pairs'].min()} pairs a bootstrap interval understates the "
+                     "uncertainty (it cannot reach beyond the observed differences); prefer t.")
     return "\n".join(lines) + "\n"
 
 

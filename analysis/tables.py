@@ -45,7 +45,8 @@ def summarize(trials: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     if table.empty:
         return table
     higher = {m: h for m, _, h in ATTACKS}
-    best = table.groupby("metric")["mean"].transform(lambda s: s.max() if higher[s.name] else s.min())
+    best = table.groupby("metric")["mean"].transform(
+        lambda s: s.max() if higher[s.name] else s.min())
     table["best"] = table["mean"].eq(best) & table["mean"].notna()
     return table
 

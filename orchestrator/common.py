@@ -177,8 +177,10 @@ def needs_teacher(methods) -> bool:
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m",
-                                              *sys.argv[:1], *sys.argv[1:]])
+    """The command as typed: `python -m orchestrator.tune ...` (argv[0] is a file path)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None else ["python", sys.argv[0]]
+    return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
 
 
 def parent_state(exp_dir: Path) -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from orchestrator.common import (Resolved, command_line, cpu_count, needs_teacher, parent_state,
@@ -53,6 +54,8 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
             tags={"smaraad.kind": kind, "smaraad.space": space.name, "smaraad.metric": space.metric,
                   "smaraad.mode": space.mode, "smaraad.command": command_line(),
                   "smaraad.search_keys": ",".join(space.search),
+                  "smaraad.search_space": json.dumps({k: d.__dict__ for k, d in
+                                                      space.search.items()}),
                   "smaraad.grid_keys": ",".join(space.grid),
                   "smaraad.objectives": ",".join(objectives),
                   "mlflow.note.content": space.description},

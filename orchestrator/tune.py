@@ -16,6 +16,7 @@ from orchestrator import summary
 from orchestrator.common import SMOKE, common_parser, resolve
 from orchestrator.spaces import METRICS, SpaceError, available, load_space
 from smaraad.cli import UsageError, run
+from smaraad.errors import UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,12 +78,12 @@ def finish(args, rows: list[dict], r) -> int:
               f"and --resume --name {r.name}", file=sys.stderr)
         return 1
     if not args.no_report:
+        from analysis.report import report_experiment
         try:
-            from analysis.report import report_experiment
-        except ImportError:
-            return 0
-        report_experiment(r.name, tracking_uri=r.tracking_uri,
-                          out=f"reports/{r.name}", log=print)
+            report_experiment(r.name, tracking_uri=r.tracking_uri, out=f"reports/{r.name}",
+                              log=print)
+        except UserError as exc:  # e.g. every trial failed: the summary above says why
+            print(f"no report: {exc}")
     return 0
 
 

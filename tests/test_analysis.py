@@ -18,7 +18,8 @@ from matplotlib.image import imread
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis import load_runs, report_experiment
+from analysis import load_runs
+from analysis.report import report_experiment
 from analysis.report import main
 from analysis.stats import interval, paired_differences, pareto_mask, reference_of
 from analysis.tables import summarize, to_latex, to_markdown
@@ -51,7 +52,8 @@ class Store:
                 "smaraad.metric": "val/pgd_acc", "smaraad.search_keys": search,
                 "smaraad.grid_keys": grid, "smaraad.objectives": "", "git_commit": "abc"}
         run = self.c.create_run(exp, run_name=name, tags=tags)
-        self.c.log_batch(run.info.run_id, params=[Param("space", name), Param("seeds", "[0, 1, 2]")])
+        self.c.log_batch(run.info.run_id,
+                         params=[Param("space", name), Param("seeds", "[0, 1, 2]")])
         if teacher:
             torch.manual_seed(1)
             path = self.root / "teacher.pt"
@@ -68,8 +70,8 @@ class Store:
         rid = run.info.run_id
         metrics = [Metric("teacher/val_pgd_acc", teacher_pgd, 0, 0)]
         for epoch, (clean, robust) in enumerate(curve, start=1):
-            metrics += [Metric("val/clean_acc", clean, 0, epoch), Metric("val/pgd_acc", robust, 0, epoch),
-                        Metric("epoch", epoch, 0, epoch)]
+            metrics += [Metric("val/clean_acc", clean, 0, epoch),
+                        Metric("val/pgd_acc", robust, 0, epoch), Metric("epoch", epoch, 0, epoch)]
         metrics += [Metric(k, v, 0, len(curve)) for k, v in (final or {}).items() if v is not None]
         self.c.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
         if final:

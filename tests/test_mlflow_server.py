@@ -22,7 +22,8 @@ import pytest
 import torch
 from test_analysis import store  # noqa: F401  (the module-scoped store fixture)
 
-from analysis import load_runs, report_experiment
+from analysis import load_runs
+from analysis.report import report_experiment
 
 START_TIMEOUT_S = 60
 

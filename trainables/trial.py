@@ -79,7 +79,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     torch.set_num_threads(max(1, setup.threads))
     cfg = trial_config(setup, config)
     trial_id = tune.get_context().get_trial_id()
-    params = {**cfg.diff(), "method": cfg.method, "student": cfg.student, "dataset": cfg.dataset,
+    flat = cfg.to_flat()
+    params = {**cfg.diff(), **{k: flat[k] for k in config if k in flat},  # searched: always
+              "method": cfg.method, "student": cfg.student, "dataset": cfg.dataset,
               "seed": cfg.seed, "epochs": cfg.epochs,
               "teacher": setup.teacher.arch if setup.teacher else "none"}
     run = TrialRun(setup.tracking, trial_id, run_name=_run_name(config, trial_id), params=params,

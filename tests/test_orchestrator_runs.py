@@ -1,0 +1,144 @@
+"""End to end on the CPU: real Ray Tune, Optuna, ASHA and a SQLite MLflow store in a tmp folder.
+
+Each experiment is a --smoke-test run (2 epochs, 1500 embedded images, 64 test images) so the
+whole module stays around a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    import ray
+    ray.shutdown()
+
+
+def common(tmp: Path, name: str) -> list[str]:
+    return ["--smoke-test", "--name", name, "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+            "--storage-path", str(tmp / "ray"), "--no-report"]
+
+
+def runs_of(tmp: Path, name: str):
+    c = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = c.get_experiment_by_name(name)
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return c, parents, children
+
+
+def test_smoke_ablate_leaves_a_parent_with_its_trials(workdir, capsys):
+    from orchestrator import ablate
+
+    code, out, err = run_cli(ablate.main, [*common(workdir, "abl"), "--variants", "kd,sm_align"],
+                             capsys)
+    assert code == 0, err
+    assert "mean +- std" in out and "sm_align" in out
+    c, parents, children = runs_of(workdir, "abl")
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.data.tags["smaraad.kind"] == "ablate"
+    assert parent.data.tags["git_commit"] and parent.data.tags["versions.torch"]
+    assert {r.data.tags["variant"] for r in children} == {"kd", "sm_align"}
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert run.data.params["method"] == run.data.tags["variant"]
+        assert run.data.params["seed"] == "0" and run.data.params["student"] == "small_cnn"
+        for key in ("test/clean_acc", "test/fgsm_acc", "test/pgd20_acc", "test/cw_acc",
+                    "test/aa_acc", "test/cam_dist", "teacher/val_pgd_acc"):
+            assert key in run.data.metrics, key
+        history = c.get_metric_history(run.info.run_id, "val/pgd_acc")
+        assert [m.step for m in history] == [1, 2]
+        terms = [k for k in run.data.metrics if k.startswith("train/loss_")]
+        assert "train/loss_const" in terms
+        artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert {"config.json", "student.pt"} <= artifacts
+
+
+def test_smoke_tune_starts_from_the_papers_values(workdir, capsys):
+    from orchestrator import tune
+
+    code, out, err = run_cli(tune.main, [*common(workdir, "tun"), "--space", "gamma_alpha",
+                                         "--num-samples", "3", "--max-concurrent", "1"], capsys)
+    assert code == 0, err
+    assert "best:" in out and "trial-epochs" in out
+    _, parents, children = runs_of(workdir, "tun")
+    assert len(parents) == 1 and len(children) == 3
+    assert parents[0].data.tags["smaraad.search_keys"] == "gamma,alpha"
+    first = min(children, key=lambda r: r.info.start_time)
+    # the paper's point first; searched values are logged even when they equal the default
+    assert float(first.data.params["gamma"]) == 1000.0
+    assert float(first.data.params["alpha"]) == 1.0
+    assert first.data.params["rho_form"] == "pearson"  # the embedded preset's difference
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_a_diverging_trial_fails_alone(workdir, capsys):
+    from orchestrator import ablate
+
+    space = workdir / "nan.yaml"
+    space.write_text("kind: grid\ngrid:\n  method: [kd]\n  lr: [0.05, 1.0e+30]\nseeds: [0]\n")
+    code, out, err = run_cli(ablate.main, [*common(workdir, "nan"), "--space", str(space)], capsys)
+    assert code == 0, err
+    assert "failed" in out
+    _, _, children = runs_of(workdir, "nan")
+    by_lr = {float(r.data.params.get("lr", 0.05)): r for r in children}
+    assert by_lr[1e30].info.status == "FAILED"
+    assert "loss is" in by_lr[1e30].data.tags["smaraad.error"]
+    assert by_lr[0.05].info.status == "FINISHED"
+
+
+def test_killed_experiment_resumes_without_duplicates(workdir, capsys):
+    """SIGKILL the driver (and its Ray processes) after the first finished trial, then resume."""
+    name = "killed"
+    argv = [sys.executable, "-m", "orchestrator.ablate", *common(workdir, name),
+            "--variants", "kd,sm", "--seeds", "0,1", "--max-concurrent", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = workdir / "mlflow.db"
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            time.sleep(2)
+            if proc.poll() is not None:
+                pytest.fail("the experiment ended before it could be killed")
+            if db.exists() and MlflowClient(f"sqlite:///{db}").search_runs(
+                    [e.experiment_id for e in MlflowClient(f"sqlite:///{db}").search_experiments()],
+                    filter_string="tags.`smaraad.completed` = 'true'"):
+                break
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    from orchestrator import ablate
+    code, out, err = run_cli(ablate.main, [*common(workdir, name), "--resume", "--variants",
+                                           "kd,sm", "--seeds", "0,1", "--max-concurrent", "1"],
+                             capsys)
+    assert code == 0, err
+    _, parents, children = runs_of(workdir, name)
+    assert len(parents) == 1
+    trial_ids = [r.data.tags["smaraad.trial_id"] for r in children]
+    assert len(trial_ids) == 4 and len(set(trial_ids)) == 4  # no duplicate child runs
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.data.tags.get("smaraad.completed") == "true" for r in children)
