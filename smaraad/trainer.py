@@ -5,7 +5,8 @@ calls `report(metrics, state)`: metrics are `epoch`, `lr`, `train/loss`, `train/
 term, `val/clean_acc`, `val/pgd_acc` (fractions, on the validation split held out of the training
 set); state is everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch),
 made of tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
-state as `resume=` continues the run as if it had never stopped.
+state as `resume=` continues the run as if it had never stopped. The state holds the live tensors
+(no copy per epoch): save it inside the callback.
 
 This module never imports Ray or MLflow: trainables/ adapts `report` to them.
 """
