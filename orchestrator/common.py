@@ -24,6 +24,7 @@ from smaraad.evaluation import ATTACKS, check_attacks
 from smaraad.methods import METHODS
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
+EMBEDDED_EVAL_N = 100  # AutoAttack costs ~0.2-0.5 s per robust image on a laptop core
 SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500}
 
 
@@ -40,7 +41,8 @@ def common_parser(prog: str, description: str) -> Parser:
                    help="override a base config key for every trial (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seeds the search and the trials")
     p.add_argument("--eval-n", type=int, help="test images in each trial's final evaluation "
-                   "(default: all; 64 with --smoke-test)")
+                   f"(default: all; {EMBEDDED_EVAL_N} on the embedded data, "
+                   f"{SMOKE['eval_n']} with --smoke-test)")
     p.add_argument("--attacks", default=",".join(ATTACKS),
                    help=f"final evaluation attacks, from: {','.join(ATTACKS)}")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
@@ -104,7 +106,8 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     # variants may be methods with other hyperparameters.
     base = {**{k: v for k, v in base_cfg.to_flat().items() if k in TRAIN_KEYS},
             **{k: v for k, v in values.items() if k not in TRAIN_KEYS}}
-    eval_n = args.eval_n if args.eval_n is not None else (SMOKE["eval_n"] if args.smoke_test else 0)
+    eval_n = args.eval_n if args.eval_n is not None else (
+        SMOKE["eval_n"] if args.smoke_test else EMBEDDED_EVAL_N if args.dataset == "embedded" else 0)
     if eval_n < 0:
         raise UsageError(f"--eval-n: {eval_n}; must be >= 0 (0 = the whole test split)")
     if args.teacher and not Path(args.teacher).is_file():

@@ -13,114 +13,15 @@ allowed; the command-line entry points turn it into one line on stderr and exit 
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import yaml
 
-from smaraad.errors import UserError
-
-
-class ConfigError(UserError):
-    """A bad configuration value: the message names the key and what is allowed."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Field checks: metadata on each dataclass field, checked once at the edge
-# ---------------------------------------------------------------------------------------------
-
-
-def num(default, lo=None, hi=None, *, lo_open=False, hi_open=False, doc=""):
-    """A numeric field with an allowed interval; open ends exclude the bound."""
-    return field(default=default, metadata=dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
-                                                doc=doc))
-
-
-def choice(default, options, doc=""):
-    """A field whose value must be one of `options` (a tuple, or a callable returning one)."""
-    return field(default=default, metadata=dict(options=options, doc=doc))
-
-
-def _interval(md) -> str:
-    lo, hi = md.get("lo"), md.get("hi")
-    left = "(" if md.get("lo_open") else "["
-    right = ")" if md.get("hi_open") else "]"
-    return f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-
-
-def _coerce(name: str, value: Any, kind: type) -> Any:
-    """Convert `value` to the field's type, or raise a ConfigError naming the key."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    if kind in (int, float):
-        if isinstance(value, str) and kind is float:  # PyYAML reads 5e-4 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ConfigError(f"{name}: expected a {'number' if kind is float else 'whole number'}"
-                              f", got {value!r}")
-        if kind is int:
-            if float(value) != int(value):
-                raise ConfigError(f"{name}: expected a whole number, got {value!r}")
-            return int(value)
-        return float(value)
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    if kind is tuple:
-        if isinstance(value, (list, tuple)) and all(
-                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
-            return tuple(float(v) for v in value)
-        raise ConfigError(f"{name}: expected a list of numbers, got {value!r}")
-    raise TypeError(f"unsupported field type {kind}")
-
-
-def _field_kind(f: dataclasses.Field) -> type:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    return {"bool": bool, "int": int, "float": float, "str": str}.get(t.split("[")[0], tuple)
-
-
-def check_fields(obj) -> None:
-    """Validate every field of a dataclass instance against its metadata."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        md = f.metadata
-        options = md.get("options")
-        if options is not None:
-            options = options() if callable(options) else options
-            if value not in options:
-                raise ConfigError(f"{f.name}: {value!r} is not allowed; allowed: "
-                                  f"{', '.join(map(str, options))}")
-        if "lo" in md:
-            lo, hi = md["lo"], md["hi"]
-            bad = ((lo is not None and (value < lo or (md["lo_open"] and value == lo)))
-                   or (hi is not None and (value > hi or (md["hi_open"] and value == hi))))
-            if bad:
-                raise ConfigError(f"{f.name}: {value!r} is out of range; allowed: {_interval(md)}")
-
-
-def build(cls, values: Mapping[str, Any], *, where: str = "", **ready):
-    """Instantiate dataclass `cls` from `values`, coercing types and checking ranges; `ready`
-    holds fields already built (passed through unchanged)."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ready}
-    kwargs = dict(ready)
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"unknown key {key!r}{where}; allowed: {', '.join(fields)}")
-        kwargs[key] = _coerce(key, value, _field_kind(fields[key]))
-    obj = cls(**kwargs)
-    check_fields(obj)
-    return obj
-
-
-def fields_doc(cls) -> dict[str, str]:
-    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+from smaraad.fields import ConfigError, build, check_fields, choice, num  # noqa: F401
+from smaraad.methods import METHODS
+from smaraad.methods.base import PAPER_LR_MILESTONES
+from smaraad.models import MODELS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,36 +29,26 @@ def fields_doc(cls) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _methods():
-    from smaraad.methods import METHODS  # late import: methods import this module
-    return tuple(METHODS)
-
-
-def _models():
-    from smaraad.models import MODELS
-    return tuple(MODELS)
-
-
 DATASETS = ("embedded", "cifar10", "cifar100")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = choice("smaraad_pp", _methods, "training method (registry name)")
+    method: str = choice("smaraad_pp", tuple(METHODS), "training method (registry name)")
     dataset: str = choice("cifar10", DATASETS, "data set")
     data_root: str = field(default="", metadata=dict(doc="CIFAR folder; '' = $SMARAAD_DATA or ./data"))
     train_size: int = num(0, 0, None, doc="cap on training-set images before the validation "
                                           "split (0 = all): quick runs")
     val_size: float = num(0.1, 0, None, lo_open=True,
                           doc="validation hold-out of the training set: fraction < 1 or a count")
-    student: str = choice("resnet18", _models, "student (or trained model) architecture")
-    teacher: str = choice("wrn34_10", _models, "teacher architecture (when training one)")
+    student: str = choice("resnet18", tuple(MODELS), "student (or trained model) architecture")
+    teacher: str = choice("wrn34_10", tuple(MODELS), "teacher architecture (when training one)")
     epochs: int = num(200, 1, None, doc="training epochs")
     batch_size: int = num(256, 1, None, doc="images per step")
     lr: float = num(0.1, 0, None, lo_open=True, doc="initial SGD learning rate")
     momentum: float = num(0.9, 0, 1, hi_open=True, doc="SGD momentum")
     weight_decay: float = num(5e-4, 0, None, doc="SGD weight decay")
-    lr_milestones: tuple = field(default=(115 / 200, 160 / 200, 185 / 200),
+    lr_milestones: tuple = field(default=PAPER_LR_MILESTONES,
                                  metadata=dict(doc="lr /10 points as fractions of the run "
                                                    "(paper: 115, 160, 185 of 200)"))
     lr_decay: float = num(0.1, 0, 1, lo_open=True, doc="lr factor at each milestone")
@@ -176,7 +67,6 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.params is None:
-            from smaraad.methods import METHODS
             spec = METHODS.get(self.method)
             if spec is not None:
                 object.__setattr__(self, "params", spec.make_params({}))
@@ -192,7 +82,6 @@ class TrainConfig:
     def from_flat(cls, values: Mapping[str, Any]) -> "TrainConfig":
         """From a flat mapping (a Ray trial's config, a YAML file): training keys and the method's
         hyperparameter keys side by side. `lambda` is accepted for the field `lam`."""
-        from smaraad.methods import METHODS
         values = dict(values)
         if "lambda" in values:
             values["lam"] = values.pop("lambda")
@@ -291,7 +180,6 @@ def preset_config(values: Mapping[str, Any]) -> TrainConfig:
     dataset = values.get("dataset", "embedded")
     base = dict(PRESETS[preset_for(dataset)])
     if preset_for(dataset) == "embedded":
-        from smaraad.methods import METHODS
         spec = METHODS.get(values.get("method", TrainConfig.method))
         if spec is not None:
             names = {f.name for f in dataclasses.fields(spec.params)}

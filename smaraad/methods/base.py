@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
-from smaraad.config import build
+from smaraad.fields import build
 
 
 @dataclass
@@ -31,6 +31,8 @@ class Context:
     state: dict = field(default_factory=dict)  # per-run scratch space (e.g. adaptive weights)
     natural_teacher: nn.Module | None = None  # a second, naturally trained teacher (MTARD)
 
+
+PAPER_LR_MILESTONES = (115 / 200, 160 / 200, 185 / 200)  # lr /10 points, fractions of the run
 
 Loss = Callable[[Context, Tensor, Tensor], dict[str, Tensor]]
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from smaraad.attacks import STARTS, ce_loss, model_mode, perturb
-from smaraad.config import choice
+from smaraad.fields import choice
 from smaraad.losses import kl_div
 from smaraad.methods.base import Context
 

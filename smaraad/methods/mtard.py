@@ -25,19 +25,19 @@ trained one, `ctx.natural_teacher` a naturally trained one (`natural` method).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from smaraad.config import TrainConfig, num
+from smaraad.fields import num
+from smaraad.methods.base import PAPER_LR_MILESTONES
 from smaraad.methods.base import Context
 from smaraad.methods.common import (adversarial, attack_field, kl, mode_field, reduction_field,
                                     start_field)
 
 SOURCE = "MTARD mtard_loss.py"
-_LR_MILESTONES = {f.name: f for f in dataclasses.fields(TrainConfig)}["lr_milestones"].default
+_LR_MILESTONES = PAPER_LR_MILESTONES
 
 
 @dataclass(frozen=True)

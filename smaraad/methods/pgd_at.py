@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from smaraad.attacks import ce_loss, model_mode, perturb
-from smaraad.config import choice
+from smaraad.fields import choice
 from smaraad.methods.base import Context
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from smaraad.config import num
+from smaraad.fields import num
 from smaraad.methods.base import Context
 from smaraad.methods.common import (adversarial, attack_field, kl, mode_field, reduction_field,
                                     start_field)

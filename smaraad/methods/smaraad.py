@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from smaraad.attacks import model_mode, perturb
-from smaraad.config import choice, num
+from smaraad.fields import choice, num
 from smaraad.losses import CAM_NORMS, align_maps, cam, entropy_weight, kl_div, slack_matching
 from smaraad.methods.base import Context, batch_mean
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from smaraad.config import choice, num
+from smaraad.fields import choice, num
 from smaraad.methods.base import Context
 from smaraad.methods.common import (adversarial, attack_field, ce, kl, mode_field,
                                     reduction_field, start_field)
