@@ -12,11 +12,10 @@ a `Plan` and get back plain dicts. Pitfalls this file works around (orchestratio
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import json
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
@@ -24,9 +23,11 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from smaraad.io import save_json
 
-from orchestrator.spaces import Space
 from trainables.tracking import Tracking, close_trial_run
 from trainables.trial import COMPLETED, TrialSetup, run_trial
+
+if TYPE_CHECKING:  # the command layer hands a validated space down; nothing is imported upward
+    from orchestrator.spaces import Space
 
 STARTUP_TRIALS = 4  # TPE's random start before it models (Optuna's default is 10)
 
@@ -34,7 +35,7 @@ STARTUP_TRIALS = 4  # TPE's random start before it models (Optuna's default is 1
 @dataclass
 class Plan:
     """Everything an experiment needs, resolved by the command line."""
-    space: Space
+    space: "Space"
     setup: TrialSetup
     name: str
     storage_path: str
@@ -132,7 +133,7 @@ def param_space(plan: Plan) -> dict:
     return {**to_tune(plan.space), "seed": plan.seed}
 
 
-def to_tune(space: Space) -> dict:
+def to_tune(space: "Space") -> dict:
     make = {"uniform": lambda d: tune.uniform(d.low, d.high),
             "loguniform": lambda d: tune.loguniform(d.low, d.high),
             "int": lambda d: tune.randint(int(d.low), int(d.high) + 1),
