@@ -37,6 +37,8 @@ def common_parser(prog: str, description: str) -> Parser:
                    "cache a PGD-AT teacher of --teacher-arch)")
     p.add_argument("--teacher-arch", help="teacher architecture to train when none is given")
     p.add_argument("--teacher-epochs", type=int, help="epochs of a teacher trained here")
+    p.add_argument("--teacher-method", default="pgd_at", help="how that teacher is trained: "
+                   "pgd_at (default) or trades")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config key for every trial (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seeds the search and the trials")
@@ -115,6 +117,8 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     teacher_epochs = args.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
     if teacher_epochs is not None and teacher_epochs < 1:
         raise UsageError("--teacher-epochs: must be >= 1")
+    if args.teacher_method not in ("pgd_at", "trades"):
+        raise UsageError(f"--teacher-method: {args.teacher_method!r}; allowed: pgd_at, trades")
 
     uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     check_tracking_uri(uri)

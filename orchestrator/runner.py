@@ -31,7 +31,8 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
 
     teacher = None
     if needs_teacher(methods):
-        t = provide_teacher(r.base_cfg, path=args.teacher, epochs=r.teacher_epochs)
+        t = provide_teacher(r.base_cfg, path=args.teacher, epochs=r.teacher_epochs,
+                            method=args.teacher_method)
         teacher = TeacherWeights.of(t.model, metrics=t.metrics, path=t.path)
         if t.metrics:
             print("teacher: " + ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in t.metrics.items()))

@@ -19,10 +19,11 @@ from typing import Callable
 
 from torch import nn
 
-from smaraad.config import TrainConfig, preset_config
-from smaraad.models import load_checkpoint, read_checkpoint, save_checkpoint
+from smaraad.config import ConfigError, TrainConfig, preset_config
+from smaraad.models import import_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 
 TEACHER_SEED = 0  # one teacher per data set and recipe, shared by every student seed
+TEACHER_METHODS = ("pgd_at", "trades", "natural")  # teacher-free methods that can train one
 
 
 def cache_dir() -> Path:
@@ -65,8 +66,10 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
                     epochs: int | None = None,
                     log: Callable[[str], None] | None = print) -> Teacher:
     """Load the teacher at `path`, else the cached one for this config, else train and cache it."""
+    if method not in TEACHER_METHODS:
+        raise ConfigError(f"teacher method {method!r}; allowed: {', '.join(TEACHER_METHODS)}")
     if path:
-        return _from_file(path)
+        return _from_file(path, arch=student.teacher, dataset=student.dataset)
     cfg = teacher_config(student, method=method, epochs=epochs)
     file = cache_dir() / f"{cache_key(cfg)}.pt"
     if file.exists():
@@ -86,8 +89,14 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
     return Teacher(model, str(file), own, trained=True)
 
 
-def _from_file(path: str) -> Teacher:
+def _from_file(path: str, *, arch: str | None = None, dataset: str = "embedded") -> Teacher:
+    """Our own checkpoint, or third-party weights (TRADES state_dict, {'state_dict': ...} with
+    'module.' prefixes, {'net': ...}, RobustBench files) imported into `arch`. Both are read with
+    weights_only=True; a file that fits neither is one CheckpointError naming it."""
     raw = read_checkpoint(path)
+    if arch is not None and not {"arch", "state_dict", "num_classes"} <= set(raw):
+        model = import_state_dict(path, arch=arch, num_classes=100 if dataset == "cifar100" else 10)
+        return Teacher(model, path, {})
     metrics = {k: float(v) for k, v in (raw.get("metrics") or {}).items()
                if k.startswith("teacher/")}
     return Teacher(load_checkpoint(path), path, metrics)

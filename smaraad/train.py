@@ -39,6 +39,8 @@ def parser() -> Parser:
     p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (default: train and "
                    "cache a PGD-AT teacher)")
     p.add_argument("--teacher-arch", help="architecture of the teacher to train when none is given")
+    p.add_argument("--teacher-method", default="pgd_at", help="how that teacher is trained: "
+                   "pgd_at (default) or trades")
     p.add_argument("--config", metavar="YAML", help="a flat YAML mapping of config keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set gamma=100 (repeatable)")
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = METHODS[cfg.method]
     if spec.needs_teacher:
         from smaraad.teachers import provide_teacher
-        t = provide_teacher(cfg, path=args.teacher)
+        t = provide_teacher(cfg, path=args.teacher, method=args.teacher_method)
         teacher = t.model
         summary.update(t.metrics, teacher_path=t.path)
         if spec.needs_natural_teacher:
