@@ -154,3 +154,23 @@ def test_killed_experiment_resumes_without_duplicates(workdir, capsys):
     assert len(trial_ids) == 4 and len(set(trial_ids)) == 4  # no duplicate child runs
     assert all(r.info.status == "FINISHED" for r in children)
     assert all(r.data.tags.get("smaraad.completed") == "true" for r in children)
+
+
+def test_methods_space_smoke_run_reports_every_method(workdir, capsys):
+    """Table 3 in one harness: every registered baseline and SmaraAD, one seed, with the report."""
+    from orchestrator import ablate
+    from orchestrator.spaces import load_space
+
+    argv = [a for a in common(workdir, "methods") if a != "--no-report"]
+    code, out, err = run_cli(ablate.main, [*argv, "--space", "methods", "--seeds", "0"], capsys)
+    assert code == 0, err
+    methods = [v["method"] for v in load_space("methods").variants]
+    table = (workdir / "reports" / "methods" / "table.md").read_text()
+    for method in methods:
+        assert f"| {method} |" in table, method
+    _, parents, children = runs_of(workdir, "methods")
+    assert len(children) == len(methods)
+    assert all(r.info.status == "FINISHED" for r in children)
+    c = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    report = {a.path for a in c.list_artifacts(parents[0].info.run_id, "report")}
+    assert "report/table.md" in report
