@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import ray
 from ray import tune
@@ -26,8 +26,20 @@ from smaraad.io import save_json
 from trainables.tracking import Tracking, close_trial_run
 from trainables.trial import COMPLETED, TrialSetup, run_trial
 
-if TYPE_CHECKING:  # the command layer hands a validated space down; nothing is imported upward
-    from orchestrator.spaces import Space
+
+
+class Space(Protocol):
+    """What this layer reads of a validated search space (orchestrator.spaces.Space fits it);
+    described here so that nothing is imported upward from the command layer."""
+    kind: str            # "tune" or "grid"
+    metric: str
+    mode: str
+    search: dict         # name -> distribution with .distribution, .low, .high, .values
+    grid: dict           # name -> list of values
+    grace_period: int
+    reduction_factor: float
+
+    def paper_point(self) -> dict: ...
 
 STARTUP_TRIALS = 4  # TPE's random start before it models (Optuna's default is 10)
 
@@ -35,7 +47,7 @@ STARTUP_TRIALS = 4  # TPE's random start before it models (Optuna's default is 1
 @dataclass
 class Plan:
     """Everything an experiment needs, resolved by the command line."""
-    space: "Space"
+    space: Space
     setup: TrialSetup
     name: str
     storage_path: str
@@ -133,7 +145,7 @@ def param_space(plan: Plan) -> dict:
     return {**to_tune(plan.space), "seed": plan.seed}
 
 
-def to_tune(space: "Space") -> dict:
+def to_tune(space: Space) -> dict:
     make = {"uniform": lambda d: tune.uniform(d.low, d.high),
             "loguniform": lambda d: tune.loguniform(d.low, d.high),
             "int": lambda d: tune.randint(int(d.low), int(d.high) + 1),
