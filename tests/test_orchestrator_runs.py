@@ -52,6 +52,9 @@ def test_smoke_ablate_leaves_a_parent_with_its_trials(workdir, capsys):
                              capsys)
     assert code == 0, err
     assert "mean +- std" in out and "sm_align" in out
+    progress = [ln for ln in out.splitlines() if ln.startswith("trial ")]
+    assert sum(" epoch 2/2 " in ln and "method=sm_align" in ln for ln in progress) == 1
+    assert sum(" evaluated " in ln and "test/aa_acc" in ln for ln in progress) == 2
     c, parents, children = runs_of(workdir, "abl")
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]

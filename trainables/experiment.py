@@ -122,6 +122,36 @@ class MlflowStatus(tune.Callback):
                         tags={"smaraad.error": reason})
 
 
+class Progress(tune.Callback):
+    """One line per trial-epoch on the driver (Tune's own table is off: verbose=0), e.g.
+    `trial 3b79d60f  epoch 3/8  val/pgd_acc 0.420  gamma=28.65 alpha=0.7152`, and one when a trial
+    ends, so a sweep that runs for minutes (or days on a cluster) shows where it is."""
+
+    def __init__(self, metric: str, keys: list[str], epochs: int):
+        self.metric, self.keys, self.epochs = metric, keys, epochs
+
+    def _point(self, trial) -> str:
+        return " ".join(f"{k}={_short(trial.config.get(k))}" for k in self.keys
+                        if k in (trial.config or {}))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(COMPLETED):
+            line = "  ".join(f"{k} {_short(result[k])}" for k in ("test/clean_acc",
+                             "test/pgd20_acc", "test/aa_acc") if k in result)
+            print(f"trial {trial.trial_id}  evaluated  {line}", flush=True)
+        elif "epoch" in result:
+            print(f"trial {trial.trial_id}  epoch {result['epoch']}/{self.epochs}  "
+                  f"{self.metric} {_short(result.get(self.metric))}  {self._point(trial)}",
+                  flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"trial {trial.trial_id}  FAILED: {_error_text(trial)[:200]}", flush=True)
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _error_text(trial) -> str:
     path = getattr(trial, "error_file", None)
     try:
@@ -183,7 +213,9 @@ def tune_config(plan: Plan) -> tune.TuneConfig:
 def run_config(plan: Plan) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.name, storage_path=plan.storage_path, verbose=0,
-        callbacks=[MlflowStatus(plan.setup.tracking, experiment_path(plan))],
+        callbacks=[MlflowStatus(plan.setup.tracking, experiment_path(plan)),
+                   Progress(plan.space.metric, [*plan.space.search, *plan.space.grid, "seed"],
+                            plan.epochs)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         failure_config=tune.FailureConfig(max_failures=plan.retries))
 
