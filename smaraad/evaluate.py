@@ -75,8 +75,9 @@ def _load(path: str, what: str):
 
 
 def _splits(dataset: str, config: dict, data_root: str | None):
-    """The data split the way the trainer held it out: the checkpoint config's val_size and
-    split_seed (the preset's when the config lacks them), so --split val is its validation set."""
+    """The data split the way the trainer held it out: the checkpoint config's train_size,
+    val_size and split_seed (the preset's when the config lacks them), so --split val is its
+    validation set and never overlaps its training images."""
     from smaraad.data import DataError, load_data  # CIFAR loading pulls in torchvision: lazily
 
     val_size = config.get("val_size", PRESETS[preset_for(dataset)].get("val_size",
@@ -84,7 +85,8 @@ def _splits(dataset: str, config: dict, data_root: str | None):
     val_size = int(val_size) if float(val_size) >= 1 else float(val_size)  # a count or a fraction
     try:
         return load_data(dataset, root=data_root or config.get("data_root") or None,
-                         val_size=val_size, seed=int(config.get("split_seed", 0)))
+                         val_size=val_size, seed=int(config.get("split_seed", 0)),
+                         n_train=int(config.get("train_size", 0)) or None)
     except DataError as err:  # a ValueError, not a UserError: make it one line, exit 2
         raise UserError(str(err)) from None
 

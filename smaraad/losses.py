@@ -108,6 +108,7 @@ def slack_matching(student_logits: Tensor, teacher_logits: Tensor, gamma: float,
 # ---------------------------------------------------------------------------------------------
 
 CAM_NORMS = ("none", "minmax", "l2")
+CAM_MIN_SCALE = 1e-4  # floor of a map's range (minmax) or norm (l2) before dividing by it
 
 
 def cam(fmap: Tensor, fc_weight: Tensor, classes: Tensor, *, relu: bool = True,
@@ -121,6 +122,9 @@ def cam(fmap: Tensor, fc_weight: Tensor, classes: Tensor, *, relu: bool = True,
     MSE mostly compares magnitudes. Default: ReLU then per-image min-max to [0, 1], the
     Grad-CAM convention of the pytorch-grad-cam package that the official README names.
     norm="l2" divides by each map's L2 norm; norm="none" keeps raw values.
+    The range or norm is floored at CAM_MIN_SCALE: a nearly flat map (one faintly positive pixel
+    after the ReLU, early in training) would otherwise be stretched to [0, 1] and send a gradient
+    scaled by up to 1e8 into the features and classifier weights.
     """
     w = fc_weight.index_select(0, classes).to(fmap.dtype)  # (B, K)
     m = torch.einsum("bk,bkhw->bhw", w, fmap).float()
@@ -132,9 +136,9 @@ def cam(fmap: Tensor, fc_weight: Tensor, classes: Tensor, *, relu: bool = True,
     if norm == "minmax":
         lo = flat.amin(dim=1, keepdim=True)
         hi = flat.amax(dim=1, keepdim=True)
-        flat = (flat - lo) / (hi - lo + 1e-8)
+        flat = (flat - lo) / (hi - lo).clamp_min(CAM_MIN_SCALE)
     elif norm == "l2":
-        flat = flat / (flat.norm(dim=1, keepdim=True) + 1e-8)
+        flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(CAM_MIN_SCALE)
     else:
         raise ValueError(f"cam: unknown norm {norm!r}; allowed: {', '.join(CAM_NORMS)}")
     return flat.view_as(m)

@@ -17,6 +17,22 @@ def test_defaults_are_the_papers():
     assert milestones(cfg.replace(epochs=20)) == [12, 16, 18]
 
 
+def test_short_runs_keep_every_lr_decay():
+    """Milestones that round to the same epoch both apply (3 epochs: 1.7, 2.4 -> epoch 2)."""
+    from smaraad.trainer import milestones
+    cfg = TrainConfig.from_flat({"method": "kd", "epochs": 3})
+    assert milestones(cfg) == [2, 2, 3]
+    import torch
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(cfg), gamma=0.1)
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.001])
+
+
 def test_flat_dict_routes_keys_to_the_method_params():
     cfg = TrainConfig.from_flat({"method": "smaraad_pp", "alpha": 0.5, "lambda": 0.3,
                                  "gamma": 10, "lr": "5e-2"})

@@ -102,6 +102,8 @@ def test_bad_names_and_sizes():
         load_data('embedded', val_size=600, **SMALL)
     with pytest.raises(DataError):
         load_data('embedded', val_size=1.5, **SMALL)
+    with pytest.raises(DataError, match='holds out no image'):
+        load_data('embedded', val_size=0.0001, **SMALL)  # rounds to 0 of 600
     assert issubclass(DataError, ValueError)
 
 

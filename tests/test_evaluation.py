@@ -150,6 +150,19 @@ def test_cli_writes_every_key(checkpoints, tmp_path, capsys):
     assert "val/clean_acc" in r and "val/cam_dist" not in r
 
 
+def test_split_val_is_the_trainers_validation_set_also_for_capped_runs():
+    """A run with train_size holds its validation images out of the capped set: --split val must
+    rebuild exactly those, not a split of the full set that overlaps the run's training images."""
+    from smaraad.config import preset_config
+    from smaraad.evaluate import _splits
+    from smaraad.trainer import load_splits
+
+    cfg = preset_config({"method": "kd", "train_size": 800, "val_size": 100})
+    held = load_splits(cfg)
+    rebuilt = _splits("embedded", cfg.to_flat(), None)
+    assert torch.equal(rebuilt.val[0], held.val[0]) and torch.equal(rebuilt.val[1], held.val[1])
+
+
 @pytest.mark.parametrize("args, words", [
     (["--checkpoint", "{ckpt}/missing.pt"], "not found"),
     (["--checkpoint", "{ckpt}/corrupt.pt"], "corrupt"),

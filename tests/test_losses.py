@@ -111,6 +111,17 @@ def test_cam_is_the_class_weighted_sum_of_feature_maps():
     assert torch.allclose(m.flatten(1).amax(1), torch.ones(2), atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["minmax", "l2"])
+def test_a_nearly_flat_map_does_not_blow_up_the_gradient(norm):
+    """One faintly positive pixel after the ReLU: the normalised map must not amplify it 1e8x."""
+    fmap = torch.full((1, 1, 4, 4), -1.0)
+    fmap[0, 0, 1, 2] = 1e-7
+    fmap.requires_grad_(True)
+    m = cam(fmap, torch.ones(1, 1), torch.tensor([0]), norm=norm)
+    (grad,) = torch.autograd.grad(m.sum(), fmap)
+    assert torch.isfinite(grad).all() and grad.abs().max() <= 1e4
+
+
 def test_alignment_resizes_to_the_larger_map_and_carries_gradient():
     fs = torch.randn(3, 8, 4, 4, requires_grad=True)
     ft = torch.randn(3, 16, 8, 8)

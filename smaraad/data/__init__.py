@@ -109,6 +109,8 @@ def _split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Te
         n_val = int(val_size)
     if not 0 <= n_val < n:
         raise DataError(f'val_size={val_size} leaves no training data out of {n} images')
+    if val_size and n_val == 0:  # a fraction that rounds to nothing: tuning would be blind
+        raise DataError(f'val_size={val_size} holds out no image of {n}; ask for at least one')
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 

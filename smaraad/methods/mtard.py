@@ -63,7 +63,7 @@ def current_rate(ctx: Context) -> float:
     """`rate` divided by 10 for each decay point already passed (epoch indices as the trainer's
     lr milestones: round(fraction * epochs), 0 excluded)."""
     p = ctx.params
-    points = {round(f * ctx.epochs) for f in p.rate_decay_at} - {0}
+    points = [m for m in (round(f * ctx.epochs) for f in p.rate_decay_at) if m > 0]
     return p.rate * 0.1 ** sum(ctx.epoch >= m for m in points)
 
 
