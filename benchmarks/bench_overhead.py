@@ -4,7 +4,9 @@ A: `python -m smaraad.train` (one kd run: training, then the final evaluation);
 B: `python -m orchestrator.ablate` with that one variant and seed (Ray start-up, the trial worker,
    the object store hand-over, checkpoints every epoch, MLflow logging, the same evaluation).
 Both use the same cached teacher, epochs, threads and test images; A and B alternate so a drift in
-the machine's speed hits both. Prints each wall time and the ratio B/A (target <= 1.05).
+the machine's speed hits both. Prints each wall time and the ratio B/A (target <= 1.05), and splits
+the difference into a per-epoch part (median epoch time: A's progress lines, B's Ray results) and
+the fixed rest (imports, Ray's start, the worker, shutdown), which a longer run amortises.
 
     python benchmarks/bench_overhead.py [--epochs 6] [--pairs 2]
 """
@@ -12,20 +14,36 @@ the machine's speed hits both. Prints each wall time and the ratio B/A (target <
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+EPOCH_LINE = re.compile(r"^epoch\s+\d+/\d+ .* (\d+\.\d+)s$")
 
 
-def timed(argv: list[str], cwd: str, env: dict) -> float:
+def timed(argv: list[str], cwd: str, env: dict) -> tuple[float, str]:
+    """(wall seconds, stdout) of one command."""
     t = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    done = subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+    return time.perf_counter() - t, done.stdout
+
+
+def direct_epoch_s(stdout: str) -> list[float]:
+    return [float(m.group(1)) for m in map(EPOCH_LINE.match, stdout.splitlines()) if m]
+
+
+def tuned_epoch_s(work: str, name: str) -> list[float]:
+    (result,) = Path(work, "ray_results", name).glob("*/result.json")
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    return [r["time/epoch_s"] for r in rows if "time/epoch_s" in r and not r.get("completed")]
 
 
 def main():
@@ -41,19 +59,27 @@ def main():
     subprocess.run([py, "-c", "from smaraad.config import preset_config as p;"
                     "from smaraad.teachers import provide_teacher as t;"
                     "t(p({'method': 'kd'}), log=None)"], cwd=work, env=env, check=True)
-    direct, tuned = [], []
+    direct, tuned, direct_epochs, tuned_epochs = [], [], [], []
     for i in range(args.pairs):
-        direct.append(timed([py, "-m", "smaraad.train", "--method", "kd", "--out",
-                             f"{work}/direct{i}", *common], work, env))
-        tuned.append(timed([py, "-m", "orchestrator.ablate", "--variants", "kd", "--seeds", "0",
+        seconds, out = timed([py, "-m", "smaraad.train", "--method", "kd", "--out",
+                              f"{work}/direct{i}", *common], work, env)
+        direct.append(seconds)
+        direct_epochs += direct_epoch_s(out)
+        seconds, _ = timed([py, "-m", "orchestrator.ablate", "--variants", "kd", "--seeds", "0",
                             "--cpus-per-trial", str(os.cpu_count()), "--no-report",
-                            "--name", f"bench{i}", *common], work, env))
+                            "--name", f"bench{i}", *common], work, env)
+        tuned.append(seconds)
+        tuned_epochs += tuned_epoch_s(work, f"bench{i}")
     a, b = statistics.median(direct), statistics.median(tuned)
+    ea, eb = statistics.median(direct_epochs), statistics.median(tuned_epochs)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; kd, small_cnn <- small_resnet, "
           f"embedded, {args.epochs} epochs, {args.pairs} pairs (median)")
     print(f"direct (smaraad.train)          {a:7.1f} s   runs: {', '.join(f'{t:.1f}' for t in direct)}")
     print(f"Ray Tune + MLflow (ablate, 1 trial) {b:7.1f} s   runs: {', '.join(f'{t:.1f}' for t in tuned)}")
     print(f"overhead ratio {b / a:.3f}  (target <= 1.05)")
+    print(f"per epoch (median of {len(direct_epochs)} / {len(tuned_epochs)}): direct {ea:.2f} s, "
+          f"through Ray Tune {eb:.2f} s (ratio {eb / ea:.3f}); fixed rest of the difference "
+          f"{(b - a) - args.epochs * (eb - ea):.1f} s per command")
 
 
 if __name__ == "__main__":
