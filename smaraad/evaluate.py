@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from smaraad.attacks import from_255
 from smaraad.autoattack import AA_VERSIONS, check_version
 from smaraad.cli import Parser, UsageError, run
-from smaraad.config import DATASETS, PRESETS, TrainConfig, preset_for
+from smaraad.config import DATASETS, preset_config
 from smaraad.errors import UserError
 from smaraad.evaluation import ATTACKS, CAM_CLASSES, check_attacks, evaluate_suite
 from smaraad.io import save_json
@@ -74,19 +74,21 @@ def _load(path: str, what: str):
         raise UserError(f"{what}: {err}") from None
 
 
-def _splits(dataset: str, config: dict, data_root: str | None):
-    """The data split the way the trainer held it out: the checkpoint config's train_size,
-    val_size and split_seed (the preset's when the config lacks them), so --split val is its
-    validation set and never overlaps its training images."""
-    from smaraad.data import DataError, load_data  # CIFAR loading pulls in torchvision: lazily
+DATA_KEYS = ("data_root", "train_size", "val_size", "split_seed")  # what places the split
 
-    val_size = config.get("val_size", PRESETS[preset_for(dataset)].get("val_size",
-                                                                       TrainConfig.val_size))
-    val_size = int(val_size) if float(val_size) >= 1 else float(val_size)  # a count or a fraction
+
+def _splits(dataset: str, config: dict, data_root: str | None):
+    """The data split the way the trainer held it out: `load_splits` on the checkpoint config's
+    data keys (train_size, val_size, split_seed; the preset's where the config lacks them), so
+    --split val is its validation set and never overlaps its training images."""
+    from smaraad.data import DataError  # CIFAR loading pulls in torchvision: lazily
+    from smaraad.trainer import load_splits
+
+    keys = {k: config[k] for k in DATA_KEYS if config.get(k) not in (None, "")}
+    if data_root:
+        keys["data_root"] = data_root
     try:
-        return load_data(dataset, root=data_root or config.get("data_root") or None,
-                         val_size=val_size, seed=int(config.get("split_seed", 0)),
-                         n_train=int(config.get("train_size", 0)) or None)
+        return load_splits(preset_config({**keys, "dataset": dataset}))
     except DataError as err:  # a ValueError, not a UserError: make it one line, exit 2
         raise UserError(str(err)) from None
 

@@ -24,6 +24,7 @@ from smaraad.config import ConfigError, TrainConfig
 from smaraad.data import BatchLoader, Splits, load_data
 from smaraad.evaluation import accuracy
 from smaraad.methods import METHODS, Context
+from smaraad.methods.base import epoch_points
 from smaraad.models import build_model
 
 Report = Callable[[dict, dict], None]
@@ -46,11 +47,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def milestones(cfg: TrainConfig) -> list[int]:
-    """The paper's /10 points (115, 160, 185 of 200) scaled to cfg.epochs, as epoch indices.
-
-    Points that round to the same epoch are kept, so a short run still divides by 10 once per
-    milestone (MultiStepLR counts repeats: [2, 2] gives lr/100 from epoch 2)."""
-    return sorted(m for m in (round(f * cfg.epochs) for f in cfg.lr_milestones) if m > 0)
+    """The paper's /10 points (115, 160, 185 of 200) scaled to cfg.epochs, as epoch indices
+    (repeats kept: [2, 2] gives lr/100 from epoch 2)."""
+    return epoch_points(cfg.lr_milestones, cfg.epochs)
 
 
 def load_splits(cfg: TrainConfig) -> Splits:

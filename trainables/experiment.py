@@ -24,7 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from smaraad.io import save_json
 
 from trainables.tracking import Tracking, close_trial_run
-from trainables.trial import COMPLETED, TrialSetup, run_trial
+from trainables.trial import COMPLETED, TrialSetup, fmt, run_trial
 
 
 
@@ -131,25 +131,21 @@ class Progress(tune.Callback):
         self.metric, self.keys, self.epochs = metric, keys, epochs
 
     def _point(self, trial) -> str:
-        return " ".join(f"{k}={_short(trial.config.get(k))}" for k in self.keys
+        return " ".join(f"{k}={fmt(trial.config.get(k))}" for k in self.keys
                         if k in (trial.config or {}))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get(COMPLETED):
-            line = "  ".join(f"{k} {_short(result[k])}" for k in ("test/clean_acc",
+            line = "  ".join(f"{k} {fmt(result[k])}" for k in ("test/clean_acc",
                              "test/pgd20_acc", "test/aa_acc") if k in result)
             print(f"trial {trial.trial_id}  evaluated  {line}", flush=True)
         elif "epoch" in result:
             print(f"trial {trial.trial_id}  epoch {result['epoch']}/{self.epochs}  "
-                  f"{self.metric} {_short(result.get(self.metric))}  {self._point(trial)}",
+                  f"{self.metric} {fmt(result.get(self.metric))}  {self._point(trial)}",
                   flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         print(f"trial {trial.trial_id}  FAILED: {_error_text(trial)[:200]}", flush=True)
-
-
-def _short(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _error_text(trial) -> str:

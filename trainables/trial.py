@@ -130,11 +130,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 
 def _run_name(config: dict, trial_id: str) -> str:
-    parts = [f"{k}={_fmt(v)}" for k, v in sorted(config.items())]
+    parts = [f"{k}={fmt(v)}" for k, v in sorted(config.items())]
     return f"{trial_id} " + " ".join(parts)
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
+    """A value for a run name or a progress line: floats to 4 significant digits."""
     if isinstance(v, float) and math.isfinite(v):
         return f"{v:.4g}"
     return str(v)

@@ -34,6 +34,12 @@ class Context:
 
 PAPER_LR_MILESTONES = (115 / 200, 160 / 200, 185 / 200)  # lr /10 points, fractions of the run
 
+
+def epoch_points(fractions, epochs: int) -> list[int]:
+    """Fractions of a run as epoch indices, round(f * epochs), 0 dropped, repeats kept: points
+    that land on the same epoch of a short run each still count (MultiStepLR counts repeats)."""
+    return sorted(m for m in (round(f * epochs) for f in fractions) if m > 0)
+
 Loss = Callable[[Context, Tensor, Tensor], dict[str, Tensor]]
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from smaraad.fields import num
-from smaraad.methods.base import PAPER_LR_MILESTONES
+from smaraad.methods.base import PAPER_LR_MILESTONES, epoch_points
 from smaraad.methods.base import Context
 from smaraad.methods.common import (adversarial, attack_field, kl, mode_field, reduction_field,
                                     start_field)
@@ -63,8 +63,7 @@ def current_rate(ctx: Context) -> float:
     """`rate` divided by 10 for each decay point already passed (epoch indices as the trainer's
     lr milestones: round(fraction * epochs), 0 excluded)."""
     p = ctx.params
-    points = [m for m in (round(f * ctx.epochs) for f in p.rate_decay_at) if m > 0]
-    return p.rate * 0.1 ** sum(ctx.epoch >= m for m in points)
+    return p.rate * 0.1 ** sum(ctx.epoch >= m for m in epoch_points(p.rate_decay_at, ctx.epochs))
 
 
 def update_weights(ctx: Context, loss_adv: float, loss_nat: float) -> tuple[float, float]:
