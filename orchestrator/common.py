@@ -24,7 +24,7 @@ from smaraad.evaluation import ATTACKS, check_attacks
 from smaraad.methods import METHODS
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
-EMBEDDED_EVAL_N = 100  # AutoAttack costs ~0.2-0.5 s per robust image on a laptop core
+EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
 SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500}
 
 
@@ -43,8 +43,9 @@ def common_parser(prog: str, description: str) -> Parser:
                    help="override a base config key for every trial (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seeds the search and the trials")
     p.add_argument("--eval-n", type=int, help="test images in each trial's final evaluation "
-                   f"(default: all; {EMBEDDED_EVAL_N} on the embedded data, "
-                   f"{SMOKE['eval_n']} with --smoke-test)")
+                   f"(default: all; {SMOKE['eval_n']} with --smoke-test)")
+    p.add_argument("--aa-n", type=int, help="of those, the first N that AutoAttack runs on "
+                   f"(default: all; {EMBEDDED_AA_N} on the embedded data)")
     p.add_argument("--attacks", default=",".join(ATTACKS),
                    help=f"final evaluation attacks, from: {','.join(ATTACKS)}")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
@@ -76,6 +77,7 @@ class Resolved:
     base_cfg: TrainConfig   # the base as a config (for the teacher recipe and the data)
     attacks: tuple
     eval_n: int
+    aa_n: int               # AutoAttack's subset of the eval_n images (0 = all of them)
     tracking_uri: str
     storage_path: str
     name: str
@@ -108,10 +110,13 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     # variants may be methods with other hyperparameters.
     base = {**{k: v for k, v in base_cfg.to_flat().items() if k in TRAIN_KEYS},
             **{k: v for k, v in values.items() if k not in TRAIN_KEYS}}
-    eval_n = args.eval_n if args.eval_n is not None else (
-        SMOKE["eval_n"] if args.smoke_test else EMBEDDED_EVAL_N if args.dataset == "embedded" else 0)
+    eval_n = args.eval_n if args.eval_n is not None else SMOKE["eval_n"] if args.smoke_test else 0
     if eval_n < 0:
         raise UsageError(f"--eval-n: {eval_n}; must be >= 0 (0 = the whole test split)")
+    aa_n = args.aa_n if args.aa_n is not None else (
+        EMBEDDED_AA_N if args.dataset == "embedded" and not args.smoke_test else 0)
+    if aa_n < 0:
+        raise UsageError(f"--aa-n: {aa_n}; must be >= 0 (0 = all of --eval-n)")
     if args.teacher and not Path(args.teacher).is_file():
         raise UsageError(f"--teacher {args.teacher}: no such file")
     teacher_epochs = args.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
@@ -134,7 +139,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
                          "continue it or choose another --name")
     if args.address:
         check_ray_address(args.address)
-    return Resolved(base, base_cfg, attacks, eval_n, uri, storage, name, args.resume,
+    return Resolved(base, base_cfg, attacks, eval_n, aa_n, uri, storage, name, args.resume,
                     teacher_epochs)
 
 

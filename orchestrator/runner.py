@@ -72,7 +72,7 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
                                      "kind": kind, "command": command_line()})
     setup = TrialSetup(base=r.base, tracking=tracking, teacher=teacher, data=data,
                        natural_teacher=natural,
-                       eval_attacks=r.attacks, eval_n=r.eval_n,
+                       eval_attacks=r.attacks, eval_n=r.eval_n, aa_n=r.aa_n,
                        threads=max(1, int(args.cpus_per_trial)),
                        tags={"smaraad.space": space.name})
     concurrency = args.max_concurrent or max(1, int(cpus // args.cpus_per_trial))

@@ -41,6 +41,8 @@ def parser() -> Parser:
     p.add_argument("--attacks", default=",".join(ATTACKS),
                    help=f"comma-separated, from: {', '.join(ATTACKS)} (default: all)")
     p.add_argument("--n", type=int, default=0, help="first N images of the split (0 = all)")
+    p.add_argument("--aa-n", type=int, default=0, help="AutoAttack on only the first N of those "
+                   "(0 = all); the other attacks are then also reported on that subset")
     p.add_argument("--seed", type=int, default=0, help="seeds every attack's randomness")
     p.add_argument("--source", metavar="PATH", help="checkpoint whose PGD-20/CW examples are "
                    "transferred to the model (black-box)")
@@ -94,7 +96,7 @@ def _splits(dataset: str, config: dict, data_root: str | None):
 
 
 def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "test",
-                        attacks: Sequence[str] = ATTACKS, n: int = 0, seed: int = 0,
+                        attacks: Sequence[str] = ATTACKS, n: int = 0, aa_n: int = 0, seed: int = 0,
                         source: str | None = None, teacher: str | None = AUTO,
                         cam_class: str = "label", eps_255: float | None = None,
                         aa_version: str = "standard", data_root: str | None = None,
@@ -114,6 +116,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
     except ValueError as err:
         raise UsageError(str(err)) from None
     for bad, message in ((n < 0, f"--n must be >= 0 (0 = all images), got {n}"),
+                         (aa_n < 0, f"--aa-n must be >= 0 (0 = all of --n), got {aa_n}"),
                          (batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
                          (eps_255 is not None and not 0 <= eps_255 <= 255,
                           f"--eps-255 must be in [0, 255], got {eps_255}"),
@@ -148,7 +151,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
                             f"{splits.num_classes}")
     eps_255 = float(eps_255 if eps_255 is not None else config.get("eps_255", 8.0))
     result = evaluate_suite(model, getattr(splits, split), attacks=names, eps=from_255(eps_255),
-                            n=n, batch_size=batch_size, device=dev, seed=seed,
+                            n=n, aa_n=aa_n, batch_size=batch_size, device=dev, seed=seed,
                             teacher=teacher_model, source=source_model, cam_class=cam_class,
                             prefix=f"{split}/", aa_version=version, aa_attacks=aa_attacks)
     return {**result, "checkpoint": str(path), "arch": model.arch, "dataset": dataset,
@@ -161,7 +164,8 @@ def format_table(r: dict) -> str:
     prefix = f"{r['split']}/"
     lines = [f"{r['arch']} from {r['checkpoint']}: {r['dataset']}/{r['split']}, n={r['n']}, "
              f"eps {r['eps_255']:g}/255, seed {r['seed']}"
-             + (f", AutoAttack {r['aa_version']}" if "aa" in r["attacks"] else ""),
+             + (f", AutoAttack {r['aa_version']}" if "aa" in r["attacks"] else "")
+             + (f" on the first {r['aa/n']}" if "aa/n" in r else ""),
              f"{'attack':<20}{'accuracy':>9}{'time':>10}"]
     rows = [(f"{prefix}{a}_acc", a) for a in ATTACKS] + [(f"blackbox/{a}_acc", f"blackbox_{a}")
                                                          for a in BLACKBOX]
@@ -183,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("ignore", SanityWarning)  # the table below lists every flag
         result = evaluate_checkpoint(
             args.checkpoint, dataset=args.dataset, split=args.split, attacks=args.attacks.split(","),
-            n=args.n, seed=args.seed, source=args.source,
+            n=args.n, aa_n=args.aa_n, seed=args.seed, source=args.source,
             teacher=None if args.teacher == "none" else args.teacher, cam_class=args.cam_class,
             eps_255=args.eps_255, aa_version=args.aa_version, data_root=args.data_root,
             device=args.device, batch_size=args.batch_size)

@@ -44,16 +44,23 @@ def sanity_flags(result: dict, *, prefix: str = "test/") -> list[str]:
     """Flags for the accuracies in an `evaluate_suite` result (missing keys are skipped).
 
     Reads `{prefix}<attack>_acc` and `n`; `blackbox/<attack>_acc`; `masking/pgd20_acc`,
-    `masking/pgd50_acc` and `masking/n` (PGD-20 against PGD-50 on the same subset).
+    `masking/pgd50_acc` and `masking/n` (PGD-20 against PGD-50 on the same subset); and, when
+    AutoAttack ran on a subset, `aa/n` and `aa/<attack>_acc`, against which AA is compared.
     """
     n = int(result.get("n", 0))
     acc = {name[len(prefix):-len("_acc")]: v for name, v in result.items()
            if name.startswith(prefix) and name.endswith("_acc")}
     flags = []
+    aa_n = int(result.get("aa/n", 0))
     for weak, strong in ORDER:
-        if weak in acc and strong in acc and above(acc[strong], acc[weak], n):
+        if weak not in acc or strong not in acc:
+            continue
+        k, bound = n, acc[weak]
+        if "aa" in (weak, strong) and aa_n:  # AA ran on a subset: compare on that subset
+            k, bound = aa_n, result.get(f"aa/{weak}_acc", bound)
+        if above(acc[strong], bound, k):
             flags.append(f"{strong} accuracy {acc[strong]:.4f} is above {weak} accuracy "
-                         f"{acc[weak]:.4f} (n={n}): the stronger attack failed where the weaker "
+                         f"{bound:.4f} (n={k}): the stronger attack failed where the weaker "
                          "succeeded; suspect gradient masking or a broken attack")
     for name in BLACKBOX:
         box = result.get(f"blackbox/{name}_acc")

@@ -38,7 +38,7 @@ def teacher_config(student: TrainConfig, *, method: str = "pgd_at",
     that short student runs share one teacher), the student run's data, split and threat model,
     its `teacher` architecture, a teacher-free method and a fixed seed."""
     shared = ("dataset", "data_root", "train_size", "val_size", "split_seed", "eps_255", "device",
-              "amp", "channels_last")
+              "precision", "channels_last")
     values = {k: getattr(student, k) for k in shared}
     values.update(method=method, student=student.teacher, teacher=student.teacher,
                   seed=TEACHER_SEED)
@@ -49,7 +49,7 @@ def teacher_config(student: TrainConfig, *, method: str = "pgd_at",
 
 def cache_key(cfg: TrainConfig) -> str:
     """A stable hash of the full teacher config (device and precision switches excluded)."""
-    flat = {k: v for k, v in cfg.to_flat().items() if k not in {"device", "amp", "channels_last"}}
+    flat = {k: v for k, v in cfg.to_flat().items() if k not in {"device", "precision", "channels_last"}}
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return f"{cfg.dataset}-{cfg.student}-{cfg.method}-{hashlib.sha256(blob).hexdigest()[:16]}"
 

@@ -24,7 +24,7 @@ from smaraad.evaluation import check_attacks
 from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
-from smaraad.trainer import fit, load_splits
+from smaraad.trainer import fit, load_splits, resolve_device, use_bf16
 
 FINAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
 
@@ -51,6 +51,8 @@ def parser() -> Parser:
                    help="final test-split evaluation, from clean,fgsm,pgd20,cw,aa ('' = none; "
                         "AutoAttack costs minutes on a CPU: python -m smaraad.evaluate runs it)")
     p.add_argument("--eval-n", type=int, default=0, help="test images evaluated (0 = all)")
+    p.add_argument("--aa-n", type=int, default=0, help="of those, the first N AutoAttack runs on "
+                   "(0 = all)")
     return p
 
 
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_attacks(attacks)
     if args.eval_n < 0:
         raise ConfigError(f"--eval-n: {args.eval_n}; must be >= 0 (0 = the whole test split)")
+    if args.aa_n < 0:
+        raise ConfigError(f"--aa-n: {args.aa_n}; must be >= 0 (0 = all of --eval-n)")
     out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
     if args.teacher and not Path(args.teacher).is_file():
         raise ConfigError(f"--teacher {args.teacher}: no such file")
@@ -99,15 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec.needs_natural_teacher:
             natural = provide_teacher(cfg, method="natural").model
 
+    bf16 = use_bf16(cfg.precision, resolve_device(cfg.device))
     print(f"training {cfg.student} with {cfg.method} on {cfg.dataset} "
-          f"({len(data.train[1])} train / {len(data.val[1])} val images, {cfg.epochs} epochs)")
+          f"({len(data.train[1])} train / {len(data.val[1])} val images, {cfg.epochs} epochs, "
+          f"{'bf16 autocast' if bf16 else 'fp32'})")
     model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=data, resume=resume,
                          report=lambda m, state: save_torch(state_file, state))
     save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat(),
                     extra={"teacher_path": summary["teacher_path"]} if teacher is not None else None)
     if attacks:
         from smaraad.evaluate import evaluate_checkpoint
-        final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=args.eval_n,
+        final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=args.eval_n, aa_n=args.aa_n,
                                     seed=cfg.seed, splits=data, device=cfg.device, log=None)
         summary.update({k: v for k, v in final.items() if k.startswith(("test/", "masking/"))},
                        flags=final.get("flags", []))

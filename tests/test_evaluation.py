@@ -67,8 +67,34 @@ def test_constant_model_keeps_its_accuracy_under_every_attack_and_aa_flags_zero_
     assert any(f.startswith("autoattack: ") for f in r["flags"])
 
 
+def test_aa_n_runs_autoattack_on_a_prefix_and_reports_the_others_on_that_prefix():
+    model, data = natural_model(), held_out()
+    kw = dict(attacks=("clean", "pgd20", "aa"), n=40, aa_version="custom",
+              aa_attacks=("apgd-ce",), check_masking=False)
+    full, sub = evaluate_suite(model, data, **kw), evaluate_suite(model, data, aa_n=12, **kw)
+    assert "aa/n" not in full and (sub["n"], sub["aa/n"]) == (40, 12)
+    # the cheap attacks still see all 40 images; AA and the subset numbers see the first 12
+    assert sub["test/clean_acc"] == full["test/clean_acc"]
+    assert sub["test/pgd20_acc"] == full["test/pgd20_acc"]
+    alone = evaluate_suite(model, (data[0][:12], data[1][:12]), **kw)
+    assert sub["test/aa_acc"] == alone["test/aa_acc"]
+    assert sub["aa/clean_acc"] == alone["test/clean_acc"]
+    assert sub["aa/pgd20_acc"] == alone["test/pgd20_acc"]
+
+
+def test_flags_compare_aa_on_its_own_subset():
+    # AA on 100 of 1000 images: 0.48 is below PGD-20 on the same 100 (0.50), although above
+    # PGD-20 on all 1000 (0.30) by more than the noise of 1000 images
+    r = {"n": 1000, "test/pgd20_acc": 0.30, "test/aa_acc": 0.48, "aa/n": 100,
+         "aa/pgd20_acc": 0.50}
+    assert sanity_flags(r) == []
+    flags = sanity_flags({**r, "aa/pgd20_acc": 0.30})
+    assert len(flags) == 1 and "(n=100)" in flags[0]
+
+
 @pytest.mark.parametrize("kw, match", [(dict(attacks=("clean", "pgd10")), "allowed: clean"),
-                                       (dict(n=-1), "n must be"),
+                                       (dict(n=-1), "n and aa_n must be"),
+                                       (dict(aa_n=-2), "n and aa_n must be"),
                                        (dict(cam_class="max"), "allowed: label"),
                                        (dict(aa_version="fast"), "allowed: standard")])
 def test_suite_rejects_bad_arguments(kw, match):
@@ -143,6 +169,12 @@ def test_cli_writes_every_key(checkpoints, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "test/aa_acc" in printed and "test/cam_dist" in printed and "wrote" in printed
 
+    sub = tmp_path / "sub.json"
+    assert run(main, [*argv[:-1], str(sub), "--aa-n", "5", "--attacks", "clean,pgd20,aa"]) == 0
+    r = json.loads(sub.read_text())
+    assert (r["n"], r["aa/n"]) == (16, 5) and {"aa/clean_acc", "aa/pgd20_acc"} <= set(r)
+    assert "on the first 5" in capsys.readouterr().out
+
     val = tmp_path / "val.json"
     assert run(main, [*argv[:-1], str(val), "--split", "val", "--attacks", "clean",
                       "--teacher", "none"]) == 0
@@ -168,6 +200,7 @@ def test_split_val_is_the_trainers_validation_set_also_for_capped_runs():
     (["--checkpoint", "{ckpt}/corrupt.pt"], "corrupt"),
     (["--checkpoint", "{ckpt}/student.pt", "--attacks", "clean,pgd7"], "allowed: clean, fgsm"),
     (["--checkpoint", "{ckpt}/student.pt", "--n", "-3"], "--n must be >= 0"),
+    (["--checkpoint", "{ckpt}/student.pt", "--aa-n", "-1"], "--aa-n must be >= 0"),
     (["--checkpoint", "{ckpt}/student.pt", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--checkpoint", "{ckpt}/student.pt", "--dataset", "mnist"], "invalid choice"),
     (["--checkpoint", "{ckpt}/student.pt", "--dataset", "cifar10", "--data-root", "{tmp}"],

@@ -6,13 +6,14 @@ stays fast on 2 CPU cores; round trips and imports use the small models (or a ti
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
 import torch
 
-from smaraad.models import (MODELS, CheckpointError, build_model, count_parameters, import_state_dict,
-                             load_checkpoint, read_checkpoint, save_checkpoint)
+from smaraad.models import (MODELS, CheckpointError, build_model, count_parameters, fold_batchnorm,
+                            import_state_dict, load_checkpoint, read_checkpoint, save_checkpoint)
 from smaraad.models.wrn import WideResNet
 
 # Trainable parameters at 10 classes (published CIFAR sizes for the paper's models).
@@ -292,3 +293,43 @@ def test_import_errors(tmp_path):
         import_state_dict(tmp_path / "cnn.pt", arch="small_resnet")
     with pytest.raises(CheckpointError, match="unknown arch 'vgg'"):
         import_state_dict(tmp_path / "cnn.pt", arch="vgg")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fold_batchnorm_keeps_the_function_and_removes_the_post_conv_norms(name, runs):
+    model = copy.deepcopy(runs(name)["model"])
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():  # non-trivial statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    folded = fold_batchnorm(model)
+    x = torch.rand(BATCH, 3, 32, 32)
+    with torch.no_grad():
+        (z, f), (zf, ff) = model.forward_features(x), folded.forward_features(x)
+    assert torch.allclose(zf, z, rtol=1e-4, atol=1e-4 * z.abs().max().item())
+    assert torch.allclose(ff, f, rtol=1e-4, atol=1e-4 * f.abs().max().item())
+    norms = lambda m: sum(isinstance(k, torch.nn.BatchNorm2d) for k in m.modules())  # noqa: E731
+    assert norms(folded) < norms(model)
+    if name in (*SMALL, "resnet18", "mobilenetv2"):  # post-activation: every BN follows a conv
+        assert norms(folded) == 0
+    assert not any(p.requires_grad for p in folded.parameters()) and not folded.training
+    assert any(p.requires_grad for p in model.parameters())  # the original is left alone
+
+
+def test_fold_batchnorm_returns_the_plain_copy_when_a_block_does_not_chain_conv_and_norm():
+    class Parallel(torch.nn.Module):  # conv and bn registered in a row, but both read x
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)
+            self.bn.running_mean.fill_(0.5)
+
+        def forward(self, x):
+            return (self.conv(x) * self.bn(x)).mean(dim=(2, 3))
+
+    model = Parallel().eval()
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.bn, torch.nn.BatchNorm2d)
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(folded(x), model(x))

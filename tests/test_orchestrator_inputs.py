@@ -33,6 +33,7 @@ BAD_TUNE = [
     (["--set", "alpha=3"], "alpha"),
     (["--set", "gamma"], "key=value"),
     (["--eval-n", "-5"], "--eval-n"),
+    (["--aa-n", "-5"], "--aa-n"),
     (["--resume", "--name", "never-ran"], "no experiment to resume"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow server answers"),
     (["--tracking-uri", "sqlite:////no/such/folder/m.db"], "does not exist"),

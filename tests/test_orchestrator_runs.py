@@ -48,8 +48,8 @@ def runs_of(tmp: Path, name: str):
 def test_smoke_ablate_leaves_a_parent_with_its_trials(workdir, capsys):
     from orchestrator import ablate
 
-    code, out, err = run_cli(ablate.main, [*common(workdir, "abl"), "--variants", "kd,sm_align"],
-                             capsys)
+    code, out, err = run_cli(ablate.main, [*common(workdir, "abl"), "--variants", "kd,sm_align",
+                                           "--aa-n", "16"], capsys)
     assert code == 0, err
     assert "mean +- std" in out and "sm_align" in out
     progress = [ln for ln in out.splitlines() if ln.startswith("trial ")]
@@ -67,8 +67,10 @@ def test_smoke_ablate_leaves_a_parent_with_its_trials(workdir, capsys):
         assert run.data.params["method"] == run.data.tags["variant"]
         assert run.data.params["seed"] == "0" and run.data.params["student"] == "small_cnn"
         for key in ("test/clean_acc", "test/fgsm_acc", "test/pgd20_acc", "test/cw_acc",
-                    "test/aa_acc", "test/cam_dist", "teacher/val_pgd_acc"):
+                    "test/aa_acc", "test/cam_dist", "teacher/val_pgd_acc", "aa/pgd20_acc"):
             assert key in run.data.metrics, key
+        assert (run.data.metrics["n"], run.data.metrics["aa/n"]) == (64, 16)  # --aa-n of 64
+        assert run.data.tags["smaraad.training_precision"] in ("bf16", "fp32")
         history = c.get_metric_history(run.info.run_id, "val/pgd_acc")
         assert [m.step for m in history] == [1, 2]
         terms = [k for k in run.data.metrics if k.startswith("train/loss_")]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from smaraad import train
+from smaraad import train, trainer
 from smaraad.config import preset_config
 from smaraad.data import load_data
 from smaraad.models import build_model, load_checkpoint, save_checkpoint
@@ -47,6 +47,28 @@ def test_resuming_from_the_reported_state_continues_the_same_run(teacher, tmp_pa
     resumed, _ = fit(cfg, teacher=teacher, resume=state, log=None)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_exactly_where_the_hardware_has_it(teacher, monkeypatch, native):
+    def weights(precision):
+        cfg = preset_config({"method": "smaraad", **TINY, "epochs": 1, "precision": precision,
+                             "channels_last": False})
+        return torch.cat([p.flatten() for p in fit(cfg, teacher=teacher, log=None)[0].parameters()])
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: native)
+    fp32, bf16, auto = weights("fp32"), weights("bf16"), weights("auto")
+    assert not torch.equal(fp32, bf16)  # bf16 autocast really changed the arithmetic
+    assert torch.equal(auto, bf16 if native else fp32)
+
+
+def test_channels_last_training_matches_the_default_layout(teacher):
+    def weights(channels_last):
+        cfg = preset_config({"method": "kd", **TINY, "epochs": 1, "precision": "fp32",
+                             "channels_last": channels_last})
+        return torch.cat([p.flatten() for p in fit(cfg, teacher=teacher, log=None)[0].parameters()])
+
+    assert torch.allclose(weights(True), weights(False), atol=1e-4)
 
 
 def test_a_teacher_with_another_class_count_is_refused():

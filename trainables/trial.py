@@ -23,7 +23,7 @@ from smaraad.config import TrainConfig, preset_config
 from smaraad.data import Splits
 from smaraad.evaluation import evaluate_suite
 from smaraad.models import build_model
-from smaraad.trainer import fit, resolve_device
+from smaraad.trainer import fit, resolve_device, use_bf16
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
@@ -66,6 +66,7 @@ class TrialSetup:
     natural_teacher: TeacherWeights | None = None   # MTARD's second teacher
     eval_attacks: tuple = ("clean", "fgsm", "pgd20", "cw", "aa")
     eval_n: int = 0                  # test images in the final evaluation (0 = all)
+    aa_n: int = 0                    # the first of those that AutoAttack runs on (0 = all)
     threads: int = 1                 # torch threads per trial (= CPUs per trial)
     tags: dict = field(default_factory=dict)
 
@@ -84,9 +85,10 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
               "method": cfg.method, "student": cfg.student, "dataset": cfg.dataset,
               "seed": cfg.seed, "epochs": cfg.epochs,
               "teacher": setup.teacher.arch if setup.teacher else "none"}
+    bf16 = use_bf16(cfg.precision, resolve_device(cfg.device))
     run = TrialRun(setup.tracking, trial_id, run_name=_run_name(config, trial_id), params=params,
-                   tags={**setup.tags, **({"variant": config["method"]} if "method" in config
-                                          else {})})
+                   tags={**setup.tags, "smaraad.training_precision": "bf16" if bf16 else "fp32",
+                         **({"variant": config["method"]} if "method" in config else {})})
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -110,7 +112,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
                              report=report, resume=resume, log=None)
         device = resolve_device(cfg.device)
         final = evaluate_suite(model, setup.data.test, attacks=setup.eval_attacks,
-                               n=setup.eval_n, device=device, seed=cfg.seed,
+                               n=setup.eval_n, aa_n=setup.aa_n, device=device, seed=cfg.seed,
                                teacher=teacher.to(device) if teacher is not None else None,
                                eps=cfg.eps_255 / 255.0)
         flags = final.pop("flags", [])
