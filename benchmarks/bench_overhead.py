@@ -8,7 +8,7 @@ the machine's speed hits both. Prints each wall time and the ratio B/A (target <
 the difference into a per-epoch part (median epoch time: A's progress lines, B's Ray results) and
 the fixed rest (imports, Ray's start, the worker, shutdown), which a longer run amortises.
 
-    python benchmarks/bench_overhead.py [--epochs 6] [--pairs 2]
+    python benchmarks/bench_overhead.py [--epochs 12] [--pairs 2]   # ~60 s of training each
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def tuned_epoch_s(work: str, name: str) -> list[float]:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--pairs", type=int, default=2)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-overhead-")
