@@ -56,8 +56,10 @@ def sanity_flags(result: dict, *, prefix: str = "test/") -> list[str]:
         if weak not in acc or strong not in acc:
             continue
         k, bound = n, acc[weak]
-        if "aa" in (weak, strong) and aa_n:  # AA ran on a subset: compare on that subset
-            k, bound = aa_n, result.get(f"aa/{weak}_acc", bound)
+        if "aa" in (weak, strong) and aa_n:  # AA ran on a subset: compare on that subset only
+            if f"aa/{weak}_acc" not in result:
+                continue
+            k, bound = aa_n, result[f"aa/{weak}_acc"]
         if above(acc[strong], bound, k):
             flags.append(f"{strong} accuracy {acc[strong]:.4f} is above {weak} accuracy "
                          f"{bound:.4f} (n={k}): the stronger attack failed where the weaker "

@@ -113,12 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     extra={"teacher_path": summary["teacher_path"]} if teacher is not None else None)
     if attacks:
         from smaraad.evaluate import evaluate_checkpoint
-        final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=args.eval_n, aa_n=args.aa_n,
-                                    seed=cfg.seed, splits=data, device=cfg.device, log=None)
-        summary.update({k: v for k, v in final.items() if k.startswith(("test/", "masking/"))},
+        final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=args.eval_n,
+                                    aa_n=args.aa_n, seed=cfg.seed, splits=data, device=cfg.device,
+                                    log=None)
+        summary.update({k: v for k, v in final.items()
+                        if k.startswith(("test/", "masking/", "aa/")) or k == "n"},
                        flags=final.get("flags", []))
-        print("test: " + "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items()
-                                   if k.startswith("test/")))
+        print(f"test (n = {final['n']}" + (f", AutoAttack on the first {final['aa/n']}"
+                                            if "aa/n" in final else "") + "): "
+              + "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items() if k.startswith("test/")))
     save_json(out / "metrics.json", {**metrics, **summary})
     print(f"wrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
     return 0

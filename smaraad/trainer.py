@@ -47,10 +47,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware: a CUDA GPU that supports it, or a CPU with AMX
-    or AVX512-BF16 (elsewhere bf16 autocast is emulated and slower than fp32)."""
+    """Whether `device` computes bf16 in hardware: a CUDA GPU of compute capability 8.0 or later
+    (Ampere on; older GPUs emulate it), or a CPU with AMX or AVX512-BF16 (elsewhere bf16 autocast
+    is emulated and slower than fp32)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, 2.1+
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -115,6 +116,8 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             teacher = teacher.to(memory_format=memory)
     if natural_teacher is not None and spec.needs_natural_teacher:
         natural_teacher = prepare_teacher(natural_teacher, device, data.num_classes)
+        if memory:
+            natural_teacher = natural_teacher.to(memory_format=memory)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(cfg), gamma=cfg.lr_decay)

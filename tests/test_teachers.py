@@ -33,6 +33,20 @@ def test_the_cache_key_follows_the_full_teacher_config():
     assert base != cache_key(teacher_config(cfg.replace(eps_255=4), epochs=1))
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cache_key_holds_the_precision_a_teacher_was_trained_in(monkeypatch, native):
+    from smaraad import trainer
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: native)
+    cfg = preset_config(STUDENT)
+    key = {p: cache_key(teacher_config(cfg.replace(precision=p), epochs=1))
+           for p in ("fp32", "bf16", "auto")}
+    assert key["fp32"] != key["bf16"]
+    assert key["auto"] == (key["bf16"] if native else key["fp32"])
+    assert key["fp32"] == cache_key(teacher_config(cfg.replace(precision="fp32",
+                                                               channels_last=False), epochs=1))
+
+
 @pytest.mark.parametrize("layout", ["raw", "state_dict_module", "net"])
 def test_third_party_layouts_import(tmp_path, layout):
     source = build_model("small_cnn").eval()

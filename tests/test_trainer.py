@@ -102,10 +102,12 @@ def test_train_command_writes_metrics_and_a_loadable_checkpoint(tmp_path, capsys
     student = tmp_path / "student"
     code, stdout, err = run_cli(train.main, [
         "--method", "smaraad_pp", "--epochs", "1", "--teacher", str(out / "checkpoint.pt"),
-        "--out", str(student), "--attacks", "clean",
+        "--out", str(student), "--attacks", "clean,aa", "--eval-n", "12", "--aa-n", "3",
         *sum((["--set", f"{k}={v}"] for k, v in TINY.items() if k != "epochs"), [])], capsys)
     assert code == 0, err
+    assert "test (n = 12, AutoAttack on the first 3)" in stdout
     metrics = json.loads((student / "metrics.json").read_text())
+    assert (metrics["n"], metrics["aa/n"]) == (12, 3) and "aa/clean_acc" in metrics
     for term in ("guide_const", "guide_sm_adv", "guide_align_adv", "self_rho", "self_ce"):
         assert f"train/loss_{term}" in metrics
     assert metrics["teacher_path"] == str(out / "checkpoint.pt")

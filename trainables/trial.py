@@ -85,10 +85,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
               "method": cfg.method, "student": cfg.student, "dataset": cfg.dataset,
               "seed": cfg.seed, "epochs": cfg.epochs,
               "teacher": setup.teacher.arch if setup.teacher else "none"}
-    bf16 = use_bf16(cfg.precision, resolve_device(cfg.device))
     run = TrialRun(setup.tracking, trial_id, run_name=_run_name(config, trial_id), params=params,
-                   tags={**setup.tags, "smaraad.training_precision": "bf16" if bf16 else "fp32",
-                         **({"variant": config["method"]} if "method" in config else {})})
+                   tags={**setup.tags, **({"variant": config["method"]} if "method" in config
+                                          else {})})
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -103,6 +102,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
+        device = resolve_device(cfg.device)
+        run.set_tags({"smaraad.training_precision":
+                      "bf16" if use_bf16(cfg.precision, device) else "fp32"})
         if resume is None:
             run.log_dict(cfg.to_flat(), "config.json")
             if setup.teacher:
@@ -110,7 +112,6 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         natural = setup.natural_teacher.build() if setup.natural_teacher else None
         model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=setup.data,
                              report=report, resume=resume, log=None)
-        device = resolve_device(cfg.device)
         final = evaluate_suite(model, setup.data.test, attacks=setup.eval_attacks,
                                n=setup.eval_n, aa_n=setup.aa_n, device=device, seed=cfg.seed,
                                teacher=teacher.to(device) if teacher is not None else None,
