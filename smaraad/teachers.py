@@ -51,10 +51,10 @@ def cache_key(cfg: TrainConfig) -> str:
     """A stable hash of the full teacher config. The device and the memory layout are left out
     (they change no result); the precision goes in as what it resolves to here (fp32 or bf16), so
     `auto` on a CPU with bf16 and on one without are two teachers, and `auto` and `bf16` one."""
-    from smaraad.trainer import resolve_device, use_bf16  # the trainer imports models: lazily
+    from smaraad.trainer import training_precision  # the trainer imports models: lazily
 
     flat = {k: v for k, v in cfg.to_flat().items() if k not in {"device", "channels_last"}}
-    flat["precision"] = "bf16" if use_bf16(cfg.precision, resolve_device(cfg.device)) else "fp32"
+    flat["precision"] = training_precision(cfg)
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return f"{cfg.dataset}-{cfg.student}-{cfg.method}-{hashlib.sha256(blob).hexdigest()[:16]}"
 

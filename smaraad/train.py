@@ -24,7 +24,7 @@ from smaraad.evaluation import check_attacks
 from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
-from smaraad.trainer import fit, load_splits, resolve_device, use_bf16
+from smaraad.trainer import fit, load_splits, training_precision
 
 FINAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
 
@@ -103,10 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec.needs_natural_teacher:
             natural = provide_teacher(cfg, method="natural").model
 
-    bf16 = use_bf16(cfg.precision, resolve_device(cfg.device))
     print(f"training {cfg.student} with {cfg.method} on {cfg.dataset} "
           f"({len(data.train[1])} train / {len(data.val[1])} val images, {cfg.epochs} epochs, "
-          f"{'bf16 autocast' if bf16 else 'fp32'})")
+          f"{training_precision(cfg)})")
     model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=data, resume=resume,
                          report=lambda m, state: save_torch(state_file, state))
     save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat(),

@@ -58,10 +58,13 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training runs under bf16 autocast: `precision` is fp32, bf16 or auto (= bf16 where
-    `native_bf16`). The losses compute soft ranks, softmaxes and CAM norms in fp32 regardless."""
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+def training_precision(cfg: TrainConfig) -> str:
+    """What a run of `cfg` trains in, "bf16" (autocast) or "fp32": cfg.precision with auto
+    resolved on its device (bf16 where `native_bf16`). The losses compute soft ranks, softmaxes
+    and CAM norms in fp32 regardless."""
+    if cfg.precision == "auto":
+        return "bf16" if native_bf16(resolve_device(cfg.device)) else "fp32"
+    return cfg.precision
 
 
 def milestones(cfg: TrainConfig) -> list[int]:
@@ -76,13 +79,16 @@ def load_splits(cfg: TrainConfig) -> Splits:
                      seed=cfg.split_seed, n_train=cfg.train_size or None)
 
 
-def prepare_teacher(teacher: nn.Module, device: torch.device, num_classes: int) -> nn.Module:
-    """A frozen eval-mode copy with its BatchNorms folded into its convs (the same function,
-    faster): the attack differentiates through it, never into its weights."""
+def prepare_teacher(teacher: nn.Module, device: torch.device, num_classes: int,
+                    memory: torch.memory_format | None = None) -> nn.Module:
+    """A frozen eval-mode copy on `device` (in `memory` format, if given) with its BatchNorms
+    folded into its convs (the same function, faster): the attack differentiates through it,
+    never into its weights."""
     if getattr(teacher, "num_classes", num_classes) != num_classes:
         raise ConfigError(f"teacher: it has {teacher.num_classes} classes, the data set "
                           f"{num_classes}")
-    return fold_batchnorm(teacher.to(device))
+    folded = fold_batchnorm(teacher.to(device))
+    return folded.to(memory_format=memory) if memory else folded
 
 
 def validate(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.device) -> dict:
@@ -104,20 +110,16 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
         raise ConfigError(f"method {cfg.method!r} also needs a naturally trained teacher")
     device = resolve_device(cfg.device)
     data = data if data is not None else load_splits(cfg)
-    amp = use_bf16(cfg.precision, device)
+    amp = training_precision(cfg) == "bf16"
     memory = torch.channels_last if cfg.channels_last else None
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.student, num_classes=data.num_classes, mean=data.mean, std=data.std,
                         center=data.center).to(device, memory_format=memory or torch.preserve_format)
     if teacher is not None and spec.needs_teacher:
-        teacher = prepare_teacher(teacher, device, data.num_classes)
-        if memory:
-            teacher = teacher.to(memory_format=memory)
+        teacher = prepare_teacher(teacher, device, data.num_classes, memory)
     if natural_teacher is not None and spec.needs_natural_teacher:
-        natural_teacher = prepare_teacher(natural_teacher, device, data.num_classes)
-        if memory:
-            natural_teacher = natural_teacher.to(memory_format=memory)
+        natural_teacher = prepare_teacher(natural_teacher, device, data.num_classes, memory)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(cfg), gamma=cfg.lr_decay)

@@ -23,7 +23,7 @@ from smaraad.config import TrainConfig, preset_config
 from smaraad.data import Splits
 from smaraad.evaluation import evaluate_suite
 from smaraad.models import build_model
-from smaraad.trainer import fit, resolve_device, use_bf16
+from smaraad.trainer import fit, resolve_device, training_precision
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
@@ -103,8 +103,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
     try:
         device = resolve_device(cfg.device)
-        run.set_tags({"smaraad.training_precision":
-                      "bf16" if use_bf16(cfg.precision, device) else "fp32"})
+        run.set_tags({"smaraad.training_precision": training_precision(cfg)})
         if resume is None:
             run.log_dict(cfg.to_flat(), "config.json")
             if setup.teacher:
