@@ -22,10 +22,11 @@ from smaraad.autoattack import AA_VERSIONS, check_version
 from smaraad.cli import Parser, UsageError, run
 from smaraad.config import DATASETS, preset_config
 from smaraad.errors import UserError
-from smaraad.evaluation import ATTACKS, CAM_CLASSES, check_attacks, evaluate_suite
+from smaraad import metrics
+from smaraad.evaluation import CAM_CLASSES, check_attacks, evaluate_suite
 from smaraad.io import save_json
 from smaraad.models import CheckpointError, load_checkpoint, read_checkpoint
-from smaraad.sanity import BLACKBOX, SanityWarning
+from smaraad.sanity import SanityWarning
 
 AUTO = "auto"  # --teacher default: the teacher named in the checkpoint's config, if any
 SPLITS = ("test", "val")
@@ -38,8 +39,9 @@ def parser() -> Parser:
     p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="test, or the trainer's validation split (default: test)")
-    p.add_argument("--attacks", default=",".join(ATTACKS),
-                   help=f"comma-separated, from: {', '.join(ATTACKS)} (default: all)")
+    p.add_argument("--attacks", default=",".join(metrics.attack_names()),
+                   help=f"comma-separated, from: {', '.join(metrics.attack_names())} "
+                        "(default: all)")
     p.add_argument("--n", type=int, default=0, help="first N images of the split (0 = all)")
     p.add_argument("--aa-n", type=int, default=0, help="AutoAttack on only the first N of those "
                    "(0 = all); the other attacks are then also reported on that subset")
@@ -96,7 +98,8 @@ def _splits(dataset: str, config: dict, data_root: str | None):
 
 
 def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "test",
-                        attacks: Sequence[str] = ATTACKS, n: int = 0, aa_n: int = 0, seed: int = 0,
+                        attacks: Sequence[str] | None = None, n: int = 0, aa_n: int = 0,
+                        seed: int = 0,
                         source: str | None = None, teacher: str | None = AUTO,
                         cam_class: str = "label", eps_255: float | None = None,
                         aa_version: str = "standard", data_root: str | None = None,
@@ -109,7 +112,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
     from smaraad.trainer import resolve_device  # the trainer pulls in methods and data: lazily
 
     try:
-        names = check_attacks([a.strip() for a in attacks])
+        names = check_attacks([a.strip() for a in attacks or metrics.attack_names()])
         version, aa_attacks = aa_choice(aa_version)
         if "aa" in names:
             check_version(version, aa_attacks)
@@ -167,8 +170,8 @@ def format_table(r: dict) -> str:
              + (f", AutoAttack {r['aa_version']}" if "aa" in r["attacks"] else "")
              + (f" on the first {r['aa/n']}" if "aa/n" in r else ""),
              f"{'attack':<20}{'accuracy':>9}{'time':>10}"]
-    rows = [(f"{prefix}{a}_acc", a) for a in ATTACKS] + [(f"blackbox/{a}_acc", f"blackbox_{a}")
-                                                         for a in BLACKBOX]
+    rows = [(metrics.REGISTRY[a].key(prefix), a) for a in metrics.attack_names()] + [
+        (metrics.REGISTRY[a].key("blackbox/"), f"blackbox_{a}") for a in metrics.blackbox_names()]
     for key, name in (row for row in rows if row[0] in r):
         t = r.get(f"time/{name}_s")
         lines.append(f"{key:<20}{r[key]:>9.4f}{'' if t is None else f'{t:>9.1f}s'}")

@@ -1,9 +1,9 @@
 """Accuracy under attack, in batches, eval mode, no parameter gradients; the robustness suite.
 
 `accuracy` is the one function the trainer's per-epoch validation uses to turn (model, images,
-attack) into a fraction. `evaluate_suite` is the final evaluation the AD papers report
-(implementation-facts.md, "Evaluation conventions"): clean, FGSM, PGD-20, CW_inf and AutoAttack
-accuracy at eps 8/255, the CAM distance to a teacher on the student's PGD-20 examples, black-box
+attack) into a fraction. `evaluate_suite` is the final evaluation the AD papers report: every
+attack metric of smaraad/metrics.py's registry (clean, FGSM, PGD-20, CW_inf and AutoAttack
+accuracy at eps 8/255; PGD and CW_inf step eps/4 for 20 steps), the CAM distance to a teacher on the student's PGD-20 examples, black-box
 transfer from a source model, and sanity flags (smaraad/sanity.py) for orderings a correct
 evaluation obeys.
 """
@@ -17,14 +17,15 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from smaraad import metrics
+from smaraad.attacks import model_mode, pgd
+from smaraad.autoattack import aa_warnings, check_version
 from smaraad.errors import UserError
-from smaraad.attacks import cw_inf, fgsm, model_mode, pgd
-from smaraad.autoattack import aa_warnings, autoattack, check_version
 from smaraad.losses import align_maps, cam
-from smaraad.sanity import BLACKBOX, sanity_flags, warn
+from smaraad.sanity import sanity_flags, warn
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
-ATTACKS = ("clean", "fgsm", "pgd20", "cw", "aa")
+ATTACKS = metrics.attack_names()  # at import; code that must see a registry change calls it
 CAM_CLASSES = ("label", "teacher", "own")  # the vocabulary of SmaraADParams.cam_class
 MASKING_N = 256  # images for the PGD-20 vs PGD-50 check: at most 2.5x PGD-20 on 256 images
 
@@ -64,28 +65,26 @@ def accuracy(model: nn.Module, data: tuple[Tensor, Tensor], *, attack: Attack | 
 
 
 def check_attacks(names: Sequence[str]) -> tuple[str, ...]:
-    """The attack names, validated against ATTACKS (UserError names the allowed ones)."""
-    unknown = [a for a in names if a not in ATTACKS]
+    """The attack names, validated against the metric registry (UserError names the allowed)."""
+    allowed = metrics.attack_names()
+    unknown = [a for a in names if a not in allowed]
     if unknown or not names:
         raise UserError(f"unknown attack {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"allowed: {', '.join(ATTACKS)}")
+                         f"allowed: {', '.join(allowed)}")
     return tuple(dict.fromkeys(names))
 
 
 def attack_table(*, eps: float, seed: int, aa_version: str = "standard",
                  aa_attacks: Sequence[str] | None = None) -> dict[str, Attack | None]:
-    """Each suite attack as an Attack. PGD and CW_inf step eps/4 (2/255 at 8/255: the convention)
-    for 20 steps; PGD starts uniformly in the ball, FGSM from x."""
-    step = eps / 4
-    return {
-        "clean": None,
-        "fgsm": lambda m, x, y: fgsm(m, x, y, eps=eps),
-        "pgd20": lambda m, x, y: pgd(m, x, y, eps=eps, step=step, steps=20),
-        "pgd50": lambda m, x, y: pgd(m, x, y, eps=eps, step=step, steps=50),
-        "cw": lambda m, x, y: cw_inf(m, x, y, eps=eps, step=step, steps=20),
-        "aa": lambda m, x, y: autoattack(m, x, y, eps=eps, version=aa_version,
-                                         attacks=aa_attacks, seed=seed),
-    }
+    """Each registry attack as an Attack (None: clean images), built for this eps and seed."""
+    context = metrics.AttackContext(eps=eps, seed=seed, aa_version=aa_version,
+                                    aa_attacks=aa_attacks)
+    return {name: metrics.REGISTRY[name].attack(context) for name in metrics.attack_names()}
+
+
+def masking_attack(eps: float) -> Attack:
+    """PGD-50 at the suite's PGD step, for the gradient-masking check against PGD-20."""
+    return lambda m, x, y: pgd(m, x, y, eps=eps, step=eps / 4, steps=50)
 
 
 def sweep(model: nn.Module, data: tuple[Tensor, Tensor], attack: Attack | None, *,
@@ -122,7 +121,7 @@ def cam_distance(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor, *
 
 
 def evaluate_suite(model: nn.Module, data: tuple[Tensor, Tensor], *,
-                   attacks: Sequence[str] = ATTACKS, eps: float = 8 / 255, n: int = 0,
+                   attacks: Sequence[str] | None = None, eps: float = 8 / 255, n: int = 0,
                    batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
                    teacher: nn.Module | None = None, source: nn.Module | None = None,
                    cam_class: str = "label", prefix: str = "test/",
@@ -130,7 +129,8 @@ def evaluate_suite(model: nn.Module, data: tuple[Tensor, Tensor], *,
                    aa_n: int = 0, check_masking: bool | None = None) -> dict:
     """Robust accuracy of `model` on the first n (0 = all) images of `data` (uint8 or [0, 1]).
 
-    Returns fractions `{prefix}<attack>_acc` for each of `attacks` (clean, fgsm, pgd20, cw, aa);
+    Returns fractions `{prefix}<attack>_acc` for each of `attacks` (default: every attack of the
+    metric registry: clean, fgsm, pgd20, cw, aa);
     `{prefix}cam_dist` (mean per-image L_align on the same PGD-20 examples that give
     `{prefix}pgd20_acc`) when a teacher is given; `blackbox/pgd20_acc` and `blackbox/cw_acc`
     (examples made on `source`, evaluated on `model`) when a source is given; the PGD-20 vs
@@ -146,7 +146,7 @@ def evaluate_suite(model: nn.Module, data: tuple[Tensor, Tensor], *,
     Deterministic for a fixed seed: torch's RNG is seeded before each attack (so an attack's
     result does not depend on which others ran) and the caller's RNG state is restored after.
     """
-    names = check_attacks(attacks)
+    names = check_attacks(metrics.attack_names() if attacks is None else attacks)
     if n < 0 or aa_n < 0:
         raise ValueError(f"n and aa_n must be >= 0 (0 = all images), got {n} and {aa_n}")
     if cam_class not in CAM_CLASSES:
@@ -187,21 +187,22 @@ def evaluate_suite(model: nn.Module, data: tuple[Tensor, Tensor], *,
             if name in names:
                 result[f"{prefix}{name}_acc"] = _mean(hits[name])
             if visit is not None:
-                result[f"{prefix}cam_dist"] = _mean(torch.cat(dist)) if dist else 0.0
+                cam_key = metrics.REGISTRY["cam_dist"].key(prefix)
+                result[cam_key] = _mean(torch.cat(dist)) if dist else 0.0
         if "aa" in names and len(hits["aa"]) < count:
             m = len(hits["aa"])
             result["aa/n"] = m
             result.update({f"aa/{k}_acc": _mean(hits[k][:m]) for k in names if k != "aa"})
         if source is not None:  # transfer: examples made on the source, judged by the model
-            for name in BLACKBOX:
+            for name in metrics.blackbox_names():
                 transfer = lambda m, x, y, a=table[name]: a(source, x, y)  # noqa: E731
-                result[f"blackbox/{name}_acc"] = _mean(timed(f"blackbox_{name}", transfer))
+                result[metrics.REGISTRY[name].key("blackbox/")] = _mean(timed(f"blackbox_{name}", transfer))
         if (check_masking if check_masking is not None else "pgd20" in names) and count:
             m = min(MASKING_N, count)
             sub = (data[0][:m], data[1][:m])
             pgd20 = hits["pgd20"] if "pgd20" in hits else timed("pgd20", table["pgd20"], sub)
             result["masking/pgd20_acc"] = _mean(pgd20[:m])
-            result["masking/pgd50_acc"] = _mean(timed("pgd50", table["pgd50"], sub))
+            result["masking/pgd50_acc"] = _mean(timed("pgd50", masking_attack(eps), sub))
             result["masking/n"] = m
     flags = sanity_flags(result, prefix=prefix) + flags
     warn(flags)

@@ -1,8 +1,9 @@
 """Sanity flags for a robustness evaluation: orderings that must hold unless the evaluation is wrong.
 
 A stronger attack cannot leave more images correct than a weaker one on the same images: clean >=
-FGSM >= PGD-20 >= AutoAttack, clean >= CW_inf >= AutoAttack, and a transfer (black-box) attack
-cannot beat the white-box attack of the same kind. Accuracy that rises with more PGD steps, or AA
+FGSM >= PGD-20 >= AutoAttack, clean >= CW_inf >= AutoAttack (each metric's `at_most` in
+smaraad/metrics.py's registry), and a transfer (black-box) attack cannot beat the white-box attack
+of the same kind (the registry's `blackbox` metrics). Accuracy that rises with more PGD steps, or AA
 above PGD-20, is the classic sign of gradient masking (Athalye et al., ICML 2018; Carlini et al.,
 "On Evaluating Adversarial Robustness", 2019; Croce & Hein, 2020).
 
@@ -19,10 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 
-# (weaker, stronger) attack names: acc(stronger) <= acc(weaker) + tolerance.
-ORDER = (("clean", "fgsm"), ("fgsm", "pgd20"), ("pgd20", "aa"), ("clean", "cw"), ("cw", "aa"))
-# White-box attacks whose transfer version (made on a source model) is evaluated too.
-BLACKBOX = ("pgd20", "cw")
+from smaraad import metrics
 
 
 class SanityWarning(UserWarning):
@@ -52,7 +50,7 @@ def sanity_flags(result: dict, *, prefix: str = "test/") -> list[str]:
            if name.startswith(prefix) and name.endswith("_acc")}
     flags = []
     aa_n = int(result.get("aa/n", 0))
-    for weak, strong in ORDER:
+    for weak, strong in metrics.orderings():
         if weak not in acc or strong not in acc:
             continue
         k, bound = n, acc[weak]
@@ -64,8 +62,8 @@ def sanity_flags(result: dict, *, prefix: str = "test/") -> list[str]:
             flags.append(f"{strong} accuracy {acc[strong]:.4f} is above {weak} accuracy "
                          f"{bound:.4f} (n={k}): the stronger attack failed where the weaker "
                          "succeeded; suspect gradient masking or a broken attack")
-    for name in BLACKBOX:
-        box = result.get(f"blackbox/{name}_acc")
+    for name in metrics.blackbox_names():
+        box = result.get(metrics.REGISTRY[name].key("blackbox/"))
         if box is not None and name in acc and above(acc[name], box, n):
             flags.append(f"black-box {name} accuracy {box:.4f} is below white-box {acc[name]:.4f} "
                          f"(n={n}): transfer examples beat the model's own gradients; suspect "
