@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.stats import pareto_mask  # noqa: E402
+from smaraad import metrics  # noqa: E402
 
 DPI = 120
 
@@ -30,12 +31,14 @@ def _save(fig, path: str) -> str:
 
 
 def _label(metric: str) -> str:
-    """'val/pgd_acc' -> 'val PGD accuracy (%)': axis labels carry the split and the unit."""
+    """'test/pgd20_acc' -> 'test PGD-20 accuracy (%)': axis labels carry the split and the unit
+    (the registry's words; validation metrics name their split already)."""
     split, name = metric.split("/", 1)
-    words = {"clean_acc": "clean accuracy", "pgd_acc": "PGD accuracy", "pgd20_acc": "PGD-20 "
-             "accuracy", "fgsm_acc": "FGSM accuracy", "cw_acc": "CW-inf accuracy",
-             "aa_acc": "AutoAttack accuracy"}.get(name, name)
-    return f"{split} {words}" + (" (%)" if name.endswith("_acc") else "")
+    m = metrics.by_key(metric)
+    if m is None:
+        return metric
+    words = m.words if metric in metrics.VALIDATION else f"{split} {m.words}"
+    return words + (" (%)" if m.percent else "")
 
 
 # --- Ablations ------------------------------------------------------------------------------
@@ -44,8 +47,12 @@ def ablation_bars(summary: pd.DataFrame, by: str, path: str, *, title: str) -> s
     """Figure 4: mean accuracy per attack and variant, error bars = std over seeds."""
     if summary.empty:
         return None
-    acc = summary[summary["metric"] != "test/cam_dist"]
-    cam = summary[summary["metric"] == "test/cam_dist"]
+    percent = {m.key(): m.percent for m in metrics.summary_metrics()}
+    summary = summary[summary["metric"] != ""]  # a variant whose every trial failed: no bars
+    if summary.empty:
+        return None
+    acc = summary[summary["metric"].map(lambda k: percent.get(k, False))]
+    cam = summary[summary["metric"] == metrics.REGISTRY["cam_dist"].key()]
     variants = list(dict.fromkeys(summary[by]))
     fig, axes = plt.subplots(1, 2 if len(cam) else 1, figsize=(11 if len(cam) else 8, 4),
                              gridspec_kw={"width_ratios": [5, 1]} if len(cam) else None,
@@ -70,7 +77,7 @@ def ablation_bars(summary: pd.DataFrame, by: str, path: str, *, title: str) -> s
 
 def student_vs_teacher(trials: pd.DataFrame, by: str, path: str) -> str | None:
     """Figure 1: student test PGD-20 accuracy against its teacher's validation PGD accuracy."""
-    x, y = "metrics.teacher/val_pgd_acc", "metrics.test/pgd20_acc"
+    x, y = "metrics.teacher/val_pgd_acc", f"metrics.{metrics.REGISTRY['pgd20'].key()}"
     if x not in trials.columns or y not in trials.columns or trials[x].nunique() < 2:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.5))

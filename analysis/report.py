@@ -38,7 +38,7 @@ def report_experiment(experiment: str, *, tracking_uri: str | None = None, out: 
     done = runs.finished
     tune = runs.kind == "tune"
     by = ["trial_id", *(f"params.{k}" for k in runs.keys("search_keys"))] if tune else ["variant"]
-    summary = tables.summarize(done, by)
+    summary = tables.summarize(runs.trials, by)  # failed trials too: their row names the reason
     written = [_write(folder / "table.md", tables.to_markdown(summary, by)),
                _write(folder / "table.tex", tables.to_latex(summary, by))]
     tables.to_csv(summary, str(folder / "table.csv"))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.tables import ATTACKS
+from smaraad import metrics
 
 REFERENCES = ("sm_align", "smaraad")  # the ablation's full method; the baseline comparison's
 
@@ -57,7 +57,8 @@ def paired_differences(trials: pd.DataFrame, reference: str, *, by: str = "varia
     """
     rows = []
     variants = [v for v in dict.fromkeys(trials[by]) if v != reference]
-    for metric, title, _ in ATTACKS:
+    for m in metrics.summary_metrics():
+        metric, title = m.key(), m.title
         column = f"metrics.{metric}"
         if column not in trials.columns:
             continue
@@ -86,7 +87,8 @@ def to_markdown(diffs: pd.DataFrame, *, level: float = 0.95, method: str = "t") 
     lines = [f"| variant | minus | attack | pairs | mean diff | {ci} | CI excludes 0 |",
              "|---|---|---|---|---|---|---|"]
     for r in diffs.itertuples():
-        scale, unit, digits = (1.0, "", 4) if r.metric == "test/cam_dist" else (100.0, " pp", 2)
+        percent = getattr(metrics.by_key(r.metric), "percent", True)
+        scale, unit, digits = (100.0, " pp", 2) if percent else (1.0, "", 4)
         ci_text = ("n < 2" if math.isnan(r.ci_low)
                    else f"[{r.ci_low * scale:+.{digits}f}, {r.ci_high * scale:+.{digits}f}]")
         lines.append(f"| {r.variant} | {r.reference} | {r.title} | {r.n_pairs} | "

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smaraad import metrics
 from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_KEYS = {"description", "kind", "metric", "mode", "base", "search", "grid", "seeds", "asha",
             "num_samples"}
-METRICS = ("val/pgd_acc", "val/clean_acc")
+METRICS = tuple(metrics.VALIDATION)  # what a space can optimise: the trainer's validation metrics
 
 
 class SpaceError(ConfigError):

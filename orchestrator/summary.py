@@ -1,12 +1,19 @@
-"""Plain-text results for the terminal: trial tables, the best point, the Pareto front, mean +- std."""
+"""Plain-text results for the terminal: trial tables, the best point, the Pareto front, mean +- std.
+
+The columns come from smaraad/metrics.py's registry (headline metrics in the trials table, summary
+metrics in the per-variant table). Every trial appears somewhere with its status: a trial that did
+not finish is listed with its reason in the trials table and in the per-variant table's `failed`
+column, so "see the table" always finds it.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
 
-FINAL = ("test/clean_acc", "test/fgsm_acc", "test/pgd20_acc", "test/cw_acc", "test/aa_acc",
-         "test/cam_dist")
+from smaraad import metrics
+
+REASON_CHARS = 120  # of an error in the per-variant table; the trials table keeps it whole
 
 
 def fmt(v) -> str:
@@ -24,13 +31,14 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def trials_table(rows: list[dict], keys: list[str], metric: str) -> str:
-    headers = ["trial", "status", *keys, "epochs", metric, "test/pgd20_acc", "test/aa_acc"]
+    final = [k for k in metrics.headline_keys() if k != metric]
+    headers = ["trial", "status", *keys, "epochs", metric, *final]
     body = []
     for r in sorted(rows, key=lambda r: r["metrics"].get("trial_id", "")):
         m = r["metrics"]
         body.append([m.get("trial_id", "?"), r["status"] + (f" ({r['error']})" if r["error"] else ""),
                      *(r["config"].get(k, "") for k in keys), m.get("epoch", 0),
-                     m.get(metric, ""), m.get("test/pgd20_acc", ""), m.get("test/aa_acc", "")])
+                     m.get(metric, ""), *(m.get(k, "") for k in final)])
     return table(headers, body)
 
 
@@ -68,11 +76,25 @@ def mean_std(values: list[float]) -> str:
 
 
 def by_variant(rows: list[dict], key: str = "method") -> str:
-    groups: dict[str, list[dict]] = {}
+    """mean +- std over the finished seeds of each variant (`seeds`: how many finished); a
+    `failed` column names every other trial of the variant with its status and reason."""
+    done: dict[str, list[dict]] = {}
+    other: dict[str, list[str]] = {}
     for r in rows:
+        variant = str(r["config"].get(key))
+        done.setdefault(variant, [])
+        other.setdefault(variant, [])
         if r["status"] == "done":
-            groups.setdefault(str(r["config"].get(key)), []).append(r["metrics"])
-    headers = [key, "n", *(k.split("/")[1] for k in FINAL)]
-    body = [[v, len(ms), *(mean_std([m[k] for m in ms if k in m]) for k in FINAL)]
-            for v, ms in groups.items()]
+            done[variant].append(r["metrics"])
+        else:
+            reason = f": {r['error'][:REASON_CHARS]}" if r.get("error") else ""
+            other[variant].append(f"seed {r['config'].get('seed', '?')} {r['status']}{reason}")
+    final = [m.key() for m in metrics.summary_metrics()]
+    headers = [key, "seeds", *(k.split("/", 1)[1] for k in final)]
+    body = [[v, len(ms), *(mean_std([m[k] for m in ms if k in m]) for k in final)]
+            for v, ms in done.items()]
+    if any(other.values()):
+        headers.append("failed")
+        for row, v in zip(body, done):
+            row.append("; ".join(other[v]) or "-")
     return table(headers, body)

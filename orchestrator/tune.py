@@ -15,6 +15,7 @@ from typing import Sequence
 from orchestrator import summary
 from orchestrator.common import SMOKE, common_parser, resolve
 from orchestrator.spaces import METRICS, SpaceError, available, load_space
+from smaraad import metrics
 from smaraad.cli import UsageError, run
 from smaraad.errors import UserError
 
@@ -53,10 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if objectives:
         front = summary.pareto([x for x in rows if x["status"] == "done"], objectives, space.mode)
         print("\nPareto front (" + " vs ".join(objectives) + "):")
-        print(summary.table(["trial", *keys, *objectives, "test/pgd20_acc"],
+        final = metrics.headline_keys()
+        print(summary.table(["trial", *keys, *objectives, *final],
                             [[x["metrics"]["trial_id"], *(x["config"][k] for k in keys),
                               *(x["metrics"][o] for o in objectives),
-                              x["metrics"].get("test/pgd20_acc", "")] for x in front]))
+                              *(x["metrics"].get(k, "") for k in final)] for x in front]))
     else:
         top = summary.best(rows, space.metric, space.mode)
         if top:

@@ -93,7 +93,7 @@ def store(tmp_path_factory):
             s.trial(f"a_{n:05d}", {"method": v, "seed": seed}, curve=[(0.5, 0.2)],
                     tags={"variant": v, "smaraad.flags": "none"},
                     final={"test/pgd20_acc": PGD20[v][seed], "test/clean_acc": CLEAN[v][seed],
-                           "test/cam_dist": CAM[v]})
+                           "test/cam_dist": CAM[v], "n": 100})
             n += 1
     s.trial("a_failed", {"method": "kd", "seed": 3}, tags={"variant": "kd", "smaraad.error": "x"},
             status="FAILED")
@@ -145,21 +145,25 @@ def test_load_runs_one_row_per_trial_with_full_config(store):
     assert ablation.teacher_artifact() == "teacher/teacher.pt"
 
 
-def test_table_mean_std_n_and_best_marks(store):
-    done = load_runs("ablation-1", store.uri).finished
-    t = summarize(done, ["variant"]).set_index(["variant", "metric"])
+def test_table_mean_std_seeds_failures_and_best_marks(store):
+    runs = load_runs("ablation-1", store.uri)
+    done = runs.finished
+    t = summarize(runs.trials, ["variant"]).set_index(["variant", "metric"])
     kd = t.loc[("kd", "test/pgd20_acc")]
-    assert kd["n"] == 3 and kd["mean"] == pytest.approx(0.42)
+    assert kd["seeds"] == 3 and kd["mean"] == pytest.approx(0.42) and kd["n"] == "100"
+    assert kd["failed"] == "a_failed seed 3: x"  # the failed trial is named, not averaged
     assert kd["std"] == pytest.approx(np.std([0.40, 0.43, 0.43], ddof=1))
-    assert t.loc[("kd_align", "test/pgd20_acc")]["n"] == 2
+    assert t.loc[("kd_align", "test/pgd20_acc")]["seeds"] == 2
     # highest accuracy, lowest CAM distance: sm_align's PGD-20 (0.52 > sm's 0.51), kd's clean
     assert sorted(t[t["best"]].index) == [("kd", "test/clean_acc"), ("sm_align", "test/cam_dist"),
                                           ("sm_align", "test/pgd20_acc")]
-    md = to_markdown(summarize(done, ["variant"]), ["variant"])
-    assert "| variant | n | Clean (%) | PGD-20 (%) | CAM dist. (lower is better) |" in md
-    assert "| kd | 3 | **82.00 ± 2.00** | 42.00 ± 1.73 | 0.2000 ± 0.0000 |" in md
-    assert "| sm | 3 | 79.00 ± 1.00 | 51.00 ± 3.61 | 0.1500 ± 0.0000 |" in md
-    assert "| kd_align | 2 | 80.50 ± 0.71 | 46.00 ± 1.41 |" in md
+    md = to_markdown(summarize(runs.trials, ["variant"]), ["variant"])
+    assert ("| variant | seeds | n | Clean (%) | PGD-20 (%) | CAM dist. (lower is better) | "
+            "failed |") in md
+    assert "| kd | 3 | 100 | **82.00 ± 2.00** | 42.00 ± 1.73 | 0.2000 ± 0.0000 | a_failed seed 3: x |" in md
+    assert "| sm | 3 | 100 | 79.00 ± 1.00 | 51.00 ± 3.61 | 0.1500 ± 0.0000 | - |" in md
+    assert "| kd_align | 2 | 100 | 80.50 ± 0.71 | 46.00 ± 1.41 |" in md
+    assert "failed" not in to_markdown(summarize(done, ["variant"]), ["variant"])
     assert r"\textbf{52.00 $\pm$ 2.00}" in to_latex(summarize(done, ["variant"]), ["variant"])
 
 

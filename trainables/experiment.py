@@ -21,6 +21,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from smaraad import metrics
 from smaraad.io import save_json
 
 from trainables.tracking import Tracking, close_trial_run
@@ -136,8 +137,8 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get(COMPLETED):
-            line = "  ".join(f"{k} {fmt(result[k])}" for k in ("test/clean_acc",
-                             "test/pgd20_acc", "test/aa_acc") if k in result)
+            line = "  ".join(f"{k} {fmt(result[k])}" for k in metrics.headline_keys()
+                             if k in result)
             print(f"trial {trial.trial_id}  evaluated  {line}", flush=True)
         elif "epoch" in result:
             print(f"trial {trial.trial_id}  epoch {result['epoch']}/{self.epochs}  "

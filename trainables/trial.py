@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from smaraad import metrics
 from smaraad.config import TrainConfig, preset_config
 from smaraad.data import Splits
 from smaraad.evaluation import evaluate_suite
@@ -64,7 +65,7 @@ class TrialSetup:
     teacher: TeacherWeights | None
     data: Splits
     natural_teacher: TeacherWeights | None = None   # MTARD's second teacher
-    eval_attacks: tuple = ("clean", "fgsm", "pgd20", "cw", "aa")
+    eval_attacks: tuple = field(default_factory=metrics.attack_names)  # the registry's attacks
     eval_n: int = 0                  # test images in the final evaluation (0 = all)
     aa_n: int = 0                    # the first of those that AutoAttack runs on (0 = all)
     threads: int = 1                 # torch threads per trial (= CPUs per trial)
