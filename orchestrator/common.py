@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from smaraad.cli import Parser, UsageError, parse_kv
+from smaraad import metrics
+from smaraad.cli import Parser, UsageError
 from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
-from smaraad.evaluation import ATTACKS, check_attacks
 from smaraad.methods import METHODS
+from smaraad.options import add_run_options, run_options
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
@@ -30,24 +31,9 @@ SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "trai
 
 def common_parser(prog: str, description: str) -> Parser:
     p = Parser(prog=prog, description=description)
-    p.add_argument("--dataset", default="embedded", help="embedded (default), cifar10, cifar100")
-    p.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
-    p.add_argument("--student", help="student architecture (default: the preset's)")
-    p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (default: train and "
-                   "cache a PGD-AT teacher of --teacher-arch)")
-    p.add_argument("--teacher-arch", help="teacher architecture to train when none is given")
-    p.add_argument("--teacher-epochs", type=int, help="epochs of a teacher trained here")
-    p.add_argument("--teacher-method", default="pgd_at", help="how that teacher is trained: "
-                   "pgd_at (default) or trades")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config key for every trial (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the search and the trials")
-    p.add_argument("--eval-n", type=int, help="test images in each trial's final evaluation "
-                   f"(default: all; {SMOKE['eval_n']} with --smoke-test)")
-    p.add_argument("--aa-n", type=int, help="of those, the first N that AutoAttack runs on "
-                   f"(default: all; {EMBEDDED_AA_N} on the embedded data)")
-    p.add_argument("--attacks", default=",".join(ATTACKS),
-                   help=f"final evaluation attacks, from: {','.join(ATTACKS)}")
+    add_run_options(p, attacks=metrics.default_attacks(),
+                    eval_n_default=f"all; {SMOKE['eval_n']} with --smoke-test",
+                    aa_n_default=f"all; {EMBEDDED_AA_N} on the embedded data")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument("--storage-path", default="ray_results", help="Ray Tune storage folder "
                    "(shared by all nodes on a cluster)")
@@ -61,7 +47,6 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / "
                    "cpus-per-trial)")
     p.add_argument("--retries", type=int, default=0, help="retries of a failed trial")
-    p.add_argument("--data-root", help="folder holding the CIFAR files")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"a tiny run to check the setup ({SMOKE['epochs']} epochs, "
@@ -83,6 +68,7 @@ class Resolved:
     name: str
     resume: bool
     teacher_epochs: int | None
+    download: bool = False  # --download: fetch CIFAR-10/100 with torchvision if absent
 
 
 def resolve(args, space, *, space_name: str) -> Resolved:
@@ -93,37 +79,22 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         raise UsageError("--cpus-per-trial: must be > 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError("--max-concurrent: must be >= 1")
-    attacks = check_attacks([a.strip() for a in args.attacks.split(",") if a.strip()])
-    values = {**space.base, "dataset": args.dataset, "seed": args.seed}
-    for key, value in (("student", args.student), ("teacher", args.teacher_arch),
-                       ("data_root", args.data_root)):
-        if value is not None:
-            values[key] = value
-    epochs = SMOKE["epochs"] if args.smoke_test and args.epochs is None else args.epochs
-    if epochs is not None:
-        values["epochs"] = epochs
-    if args.smoke_test and args.dataset == "embedded":
-        values["train_size"] = SMOKE["train_size"]
-    values.update(parse_kv(args.set))
+    dataset = args.dataset or space.base.get("dataset", "embedded")
+    smoke = {**({"epochs": SMOKE["epochs"]} if args.epochs is None else {}),
+             **({"train_size": SMOKE["train_size"]} if dataset == "embedded" else {})}
+    opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None)
+    values = opts.values
     base_cfg = preset_config(values)
     # Training keys resolved once; method keys only where the user gave them, since a grid's
     # variants may be methods with other hyperparameters.
     base = {**{k: v for k, v in base_cfg.to_flat().items() if k in TRAIN_KEYS},
             **{k: v for k, v in values.items() if k not in TRAIN_KEYS}}
-    eval_n = args.eval_n if args.eval_n is not None else SMOKE["eval_n"] if args.smoke_test else 0
-    if eval_n < 0:
-        raise UsageError(f"--eval-n: {eval_n}; must be >= 0 (0 = the whole test split)")
-    aa_n = args.aa_n if args.aa_n is not None else (
-        EMBEDDED_AA_N if args.dataset == "embedded" and not args.smoke_test else 0)
-    if aa_n < 0:
-        raise UsageError(f"--aa-n: {aa_n}; must be >= 0 (0 = all of --eval-n)")
+    eval_n = opts.eval_n if opts.eval_n is not None else SMOKE["eval_n"] if args.smoke_test else 0
+    aa_n = opts.aa_n if opts.aa_n is not None else (
+        EMBEDDED_AA_N if dataset == "embedded" and not args.smoke_test else 0)
     if args.teacher and not Path(args.teacher).is_file():
         raise UsageError(f"--teacher {args.teacher}: no such file")
-    teacher_epochs = args.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
-    if teacher_epochs is not None and teacher_epochs < 1:
-        raise UsageError("--teacher-epochs: must be >= 1")
-    if args.teacher_method not in ("pgd_at", "trades"):
-        raise UsageError(f"--teacher-method: {args.teacher_method!r}; allowed: pgd_at, trades")
+    teacher_epochs = opts.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
 
     uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     check_tracking_uri(uri)
@@ -139,8 +110,8 @@ def resolve(args, space, *, space_name: str) -> Resolved:
                          "continue it or choose another --name")
     if args.address:
         check_ray_address(args.address)
-    return Resolved(base, base_cfg, attacks, eval_n, aa_n, uri, storage, name, args.resume,
-                    teacher_epochs)
+    return Resolved(base, base_cfg, opts.attacks, eval_n, aa_n, uri, storage, name, args.resume,
+                    teacher_epochs, download=opts.download)
 
 
 def latest(storage: str, space_name: str) -> str | None:

@@ -18,66 +18,43 @@ from typing import Sequence
 
 import torch
 
-from smaraad.cli import Parser, parse_kv, run
+from smaraad import metrics
+from smaraad.cli import Parser, run
 from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping, preset_config
-from smaraad.evaluation import check_attacks
 from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
+from smaraad.options import RunOptions, add_run_options, run_options
 from smaraad.trainer import fit, load_splits, training_precision
-
-FINAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
 
 
 def parser() -> Parser:
     p = Parser(prog="python -m smaraad.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--method", default="smaraad_pp", help=f"one of: {', '.join(METHODS)}")
-    p.add_argument("--dataset", default="embedded", help="embedded, cifar10 or cifar100")
-    p.add_argument("--epochs", type=int, help="epochs (default: the data set's preset)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--student", help="student architecture (default: the preset's)")
-    p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (default: train and "
-                   "cache a PGD-AT teacher)")
-    p.add_argument("--teacher-arch", help="architecture of the teacher to train when none is given")
-    p.add_argument("--teacher-method", default="pgd_at", help="how that teacher is trained: "
-                   "pgd_at (default) or trades")
+    # AutoAttack costs minutes on a CPU: not in the default ('' = no evaluation at all)
+    add_run_options(p, attacks=metrics.default_attacks(costly=False),
+                    eval_n_default="0 = all", aa_n_default="0 = all")
     p.add_argument("--config", metavar="YAML", help="a flat YAML mapping of config keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set gamma=100 (repeatable)")
-    p.add_argument("--data-root", help="folder holding the CIFAR files")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<method>-seed<S>)")
-    p.add_argument("--attacks", default=",".join(FINAL_ATTACKS),
-                   help="final test-split evaluation, from clean,fgsm,pgd20,cw,aa ('' = none; "
-                        "AutoAttack costs minutes on a CPU: python -m smaraad.evaluate runs it)")
-    p.add_argument("--eval-n", type=int, default=0, help="test images evaluated (0 = all)")
-    p.add_argument("--aa-n", type=int, default=0, help="of those, the first N AutoAttack runs on "
-                   "(0 = all)")
     return p
 
 
+def options_from_args(args) -> tuple[TrainConfig, RunOptions]:
+    base = load_yaml_mapping(args.config) if args.config else {}
+    extra = {"method": args.method, **({"device": args.device} if args.device else {})}
+    opts = run_options(args, base=base, extra=extra, allow_no_attacks=True)
+    return preset_config(opts.values), opts
+
+
 def config_from_args(args) -> TrainConfig:
-    values = load_yaml_mapping(args.config) if args.config else {}
-    values.update(method=args.method, dataset=values.get("dataset", args.dataset), seed=args.seed)
-    for key, value in (("epochs", args.epochs), ("student", args.student),
-                       ("teacher", args.teacher_arch), ("data_root", args.data_root),
-                       ("device", args.device)):
-        if value is not None:
-            values[key] = value
-    values.update(parse_kv(args.set))
-    return preset_config(values)
+    return options_from_args(args)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cfg = config_from_args(args)
-    attacks = [a for a in args.attacks.split(",") if a]
-    if attacks:
-        check_attacks(attacks)
-    if args.eval_n < 0:
-        raise ConfigError(f"--eval-n: {args.eval_n}; must be >= 0 (0 = the whole test split)")
-    if args.aa_n < 0:
-        raise ConfigError(f"--aa-n: {args.aa_n}; must be >= 0 (0 = all of --eval-n)")
+    cfg, opts = options_from_args(args)
+    attacks, eval_n, aa_n = opts.attacks, opts.eval_n or 0, opts.aa_n or 0
     out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
     if args.teacher and not Path(args.teacher).is_file():
         raise ConfigError(f"--teacher {args.teacher}: no such file")
@@ -97,11 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = METHODS[cfg.method]
     if spec.needs_teacher:
         from smaraad.teachers import provide_teacher
-        t = provide_teacher(cfg, path=args.teacher, method=args.teacher_method)
+        t = provide_teacher(cfg, path=args.teacher, method=opts.teacher_method,
+                            epochs=opts.teacher_epochs)
         teacher = t.model
         summary.update(t.metrics, teacher_path=t.path)
         if spec.needs_natural_teacher:
-            natural = provide_teacher(cfg, method="natural").model
+            natural = provide_teacher(cfg, method="natural", epochs=opts.teacher_epochs).model
 
     print(f"training {cfg.student} with {cfg.method} on {cfg.dataset} "
           f"({len(data.train[1])} train / {len(data.val[1])} val images, {cfg.epochs} epochs, "
@@ -112,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     extra={"teacher_path": summary["teacher_path"]} if teacher is not None else None)
     if attacks:
         from smaraad.evaluate import evaluate_checkpoint
-        final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=args.eval_n,
-                                    aa_n=args.aa_n, seed=cfg.seed, splits=data, device=cfg.device,
+        final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=eval_n,
+                                    aa_n=aa_n, seed=cfg.seed, splits=data, device=cfg.device,
                                     log=None)
         summary.update({k: v for k, v in final.items()
                         if k.startswith(("test/", "masking/", "aa/")) or k == "n"},

@@ -1,0 +1,54 @@
+"""`smaraad.train`, `tune` and `ablate` share one set of run options: same values accepted, same
+refused (one line, exit 2, nothing written), same mapping to config values."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_cli
+
+from orchestrator import ablate, tune
+from orchestrator.common import common_parser
+from smaraad import train
+from smaraad.options import run_options
+
+COMMANDS = {"train": train.main, "tune": tune.main, "ablate": ablate.main}
+
+SHARED_BAD = [
+    (["--teacher-method", "bogus"], "invalid choice: 'bogus'"),
+    (["--teacher-epochs", "0"], "--teacher-epochs"),
+    (["--eval-n", "-1"], "--eval-n"),
+    (["--aa-n", "-1"], "--aa-n"),
+    (["--attacks", "clean,deepfool"], "unknown attack"),
+    (["--set", "gamma"], "key=value"),
+    (["--epochs", "many"], "invalid int value"),
+    (["--dataset", "mnist"], "dataset"),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("argv, message", SHARED_BAD)
+def test_every_command_refuses_the_same_values(tmp_path, monkeypatch, capsys, command, argv,
+                                               message):
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", str(tmp_path / "out")] if command == "train" else []
+    code, _, err = run_cli(COMMANDS[command], [*argv, *out], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+SHARED_OK = ["--teacher-method", "natural", "--download", "--dataset", "cifar10", "--seed", "3",
+             "--student", "resnet18", "--teacher-arch", "wrn34_10", "--teacher-epochs", "5",
+             "--epochs", "7", "--set", "gamma=100", "--attacks", "clean,pgd20", "--eval-n", "50",
+             "--aa-n", "10", "--data-root", "/data"]
+
+
+def test_both_parsers_accept_the_same_values_and_map_them_alike():
+    a = run_options(train.parser().parse_args(SHARED_OK))
+    b = run_options(common_parser("tune", "").parse_args(SHARED_OK))
+    assert a == b
+    assert (a.teacher_method, a.download, a.teacher_epochs, a.attacks) == (
+        "natural", True, 5, ("clean", "pgd20"))
+    assert a.values == {"dataset": "cifar10", "seed": 3, "epochs": 7, "student": "resnet18",
+                        "teacher": "wrn34_10", "data_root": "/data", "gamma": 100}
+    cfg, opts = train.options_from_args(train.parser().parse_args(["--download"]))
+    assert opts.download and cfg.dataset == "embedded" and cfg.method == "smaraad_pp"
