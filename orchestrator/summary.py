@@ -10,10 +10,26 @@ from __future__ import annotations
 
 import math
 import statistics
+from urllib.parse import urlparse
 
 from smaraad import metrics
 
 REASON_CHARS = 120  # of an error in the per-variant table; the trials table keeps it whole
+UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+# MLflow 3.17 opens an experiment on its GenAI overview (traces) unless the UI's workflow is
+# "machine_learning": the query parameter switches it (the experiment tag mlflow.experimentKind
+# does not), and the /runs route opens the runs table itself. Sorted by anything but the start
+# time, the table lists the trials beside their parent instead of folding them under it.
+RUNS_QUERY = "?workflowType=machine_learning&orderByKey=attributes.run_name&orderByAsc=true"
+
+
+def runs_url(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI page of the experiment's runs table: on the tracking server itself for an
+    http(s) URI, else on `mlflow ui`'s default address."""
+    parsed = urlparse(tracking_uri)
+    base = (f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+            if parsed.scheme in ("http", "https") else UI)
+    return f"{base}/#/experiments/{experiment_id}/runs{RUNS_QUERY}"
 
 
 def fmt(v) -> str:

@@ -69,24 +69,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def finish(args, rows: list[dict], r) -> int:
-    """Shared ending: resume hint, failure count, the analysis report."""
+    """Shared ending: the analysis report, then failure count, resume hint, and last the URL of
+    the experiment's runs table in the MLflow UI."""
     interrupted = sum(x["status"] == "interrupted" for x in rows)
     failed = sum(x["status"] == "failed" for x in rows)
-    print(f"\nMLflow: {r.tracking_uri} (experiment {r.name}); Ray: {r.storage_path}/{r.name}")
-    if failed:
-        print(f"{failed} trial(s) failed: see the table and their MLflow runs")
-    if interrupted:
-        print(f"interrupted: {interrupted} trial(s) unfinished; continue with the same command "
-              f"and --resume --name {r.name}", file=sys.stderr)
-        return 1
-    if not args.no_report:
+    if not args.no_report and not interrupted:
         from analysis.report import report_experiment
         try:
             report_experiment(r.name, tracking_uri=r.tracking_uri, out=f"reports/{r.name}",
                               log=print)
         except UserError as exc:  # e.g. every trial failed: the summary above says why
             print(f"no report: {exc}")
-    return 0
+    if failed:
+        print(f"\n{failed} trial(s) failed: see the tables above and their MLflow runs")
+    if interrupted:
+        print(f"interrupted: {interrupted} trial(s) unfinished; continue with the same command "
+              f"and --resume --name {r.name}", file=sys.stderr)
+    from trainables.tracking import client
+    exp = client(r.tracking_uri).get_experiment_by_name(r.name)
+    print(f"\nRay: {r.storage_path}/{r.name}\nMLflow: {r.tracking_uri} (experiment {r.name})")
+    if not r.tracking_uri.startswith(("http://", "https://")):
+        print(f"  browse it: mlflow ui --backend-store-uri {r.tracking_uri}")
+    print(f"runs: {summary.runs_url(r.tracking_uri, exp.experiment_id)}")
+    return 1 if interrupted else 0
 
 
 if __name__ == "__main__":

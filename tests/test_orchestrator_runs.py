@@ -79,14 +79,26 @@ def test_smoke_ablate_leaves_a_parent_with_its_trials(workdir, capsys):
         assert {"config.json", "student.pt"} <= artifacts
 
 
-def test_smoke_tune_starts_from_the_papers_values(workdir, capsys):
-    from orchestrator import tune
-
-    code, out, err = run_cli(tune.main, [*common(workdir, "tun"), "--space", "gamma_alpha",
-                                         "--num-samples", "3", "--max-concurrent", "1"], capsys)
-    assert code == 0, err
+def test_smoke_tune_starts_from_the_papers_values(workdir):
+    """As a user runs it (a process of its own, so that Ray's warnings reach its terminal if
+    anything lets them): the output is ours, and its last line is the runs table's URL."""
+    argv = [sys.executable, "-m", "orchestrator.tune", *common(workdir, "tun"), "--space",
+            "gamma_alpha", "--num-samples", "3", "--max-concurrent", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for key in ("RAY_AUTH_MODE", "RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"):
+        env.pop(key, None)  # the user's shell sets none of them
+    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
     assert "best:" in out and "trial-epochs" in out
+    for banner in ("Token authentication is", "TensorBoard", "View detailed results here"):
+        assert banner not in out, banner
+    assert not list((workdir / "ray").rglob("events.out.tfevents*"))  # no TensorBoard files
     _, parents, children = runs_of(workdir, "tun")
+    exp_id = parents[0].info.experiment_id
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"runs: http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        "&orderByKey=attributes.run_name&orderByAsc=true")
     assert len(parents) == 1 and len(children) == 3
     assert parents[0].data.tags["smaraad.search_keys"] == "gamma,alpha"
     first = min(children, key=lambda r: r.info.start_time)

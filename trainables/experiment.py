@@ -13,12 +13,15 @@ a `Plan` and get back plain dicts. Pitfalls this file works around (orchestratio
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from smaraad import metrics
@@ -64,8 +67,23 @@ class Plan:
     retries: int = 0
 
 
+# Ray's own terminal output, off (a user's own setting of these wins):
+# - RAY_AIR_NEW_OUTPUT=0: the new reporter prints an experiment header, "View detailed results
+#   here" and the TensorBoard hint whatever `verbose` says; the classic one obeys verbose=0.
+# - TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: no TensorBoard event files (the project has no
+#   TensorBoard); the CSV and JSON loggers that Tune's results need are added by run_config.
+QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# A new local instance enables token authentication (Ray's default, kept) and logs a warning
+# that it did so. RAY_AUTH_MODE=token would silence it too, but Ray reads its config when it is
+# imported, so setting it here is too late; the warning's own logger is quieted instead.
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> None:
     """A private local instance by default; `address` joins an existing cluster."""
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     if address:
@@ -210,7 +228,8 @@ def tune_config(plan: Plan) -> tune.TuneConfig:
 def run_config(plan: Plan) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.name, storage_path=plan.storage_path, verbose=0,
-        callbacks=[MlflowStatus(plan.setup.tracking, experiment_path(plan)),
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
+                   MlflowStatus(plan.setup.tracking, experiment_path(plan)),
                    Progress(plan.space.metric, [*plan.space.search, *plan.space.grid, "seed"],
                             plan.epochs)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
