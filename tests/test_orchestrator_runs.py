@@ -116,7 +116,11 @@ def test_a_diverging_trial_fails_alone(workdir, capsys):
     space.write_text("kind: grid\ngrid:\n  method: [kd]\n  lr: [0.05, 1.0e+30]\nseeds: [0]\n")
     code, out, err = run_cli(ablate.main, [*common(workdir, "nan"), "--space", str(space)], capsys)
     assert code == 0, err
-    assert "failed" in out
+    assert "1 trial(s) failed: see the tables above" in out
+    # the per-variant table names the failed trial and its reason instead of leaving it out
+    per_variant = out.split("mean +- std over seeds")[1].splitlines()
+    assert per_variant[1].split()[-1] == "failed"
+    assert "seed 0 failed:" in per_variant[3] and "loss is" in per_variant[3]
     _, _, children = runs_of(workdir, "nan")
     by_lr = {float(r.data.params.get("lr", 0.05)): r for r in children}
     assert by_lr[1e30].info.status == "FAILED"
