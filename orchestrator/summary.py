@@ -19,8 +19,10 @@ UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by defaul
 # MLflow 3.17 opens an experiment on its GenAI overview (traces) unless the UI's workflow is
 # "machine_learning": the query parameter switches it (the experiment tag mlflow.experimentKind
 # does not), and the /runs route opens the runs table itself. Sorted by anything but the start
-# time, the table lists the trials beside their parent instead of folding them under it.
-RUNS_QUERY = "?workflowType=machine_learning&orderByKey=attributes.run_name&orderByAsc=true"
+# time, the table lists the trials beside their parent instead of folding them under it: by run
+# name (the UI's own key for it, backquotes URL-encoded), so trials are in trial-id order.
+RUNS_QUERY = ("?workflowType=machine_learning&orderByKey=tags.%60mlflow.runName%60"
+              "&orderByAsc=true")
 
 
 def runs_url(tracking_uri: str, experiment_id: str) -> str:

@@ -3,9 +3,9 @@
 `accuracy` is the one function the trainer's per-epoch validation uses to turn (model, images,
 attack) into a fraction. `evaluate_suite` is the final evaluation the AD papers report: every
 attack metric of smaraad/metrics.py's registry (clean, FGSM, PGD-20, CW_inf and AutoAttack
-accuracy at eps 8/255; PGD and CW_inf step eps/4 for 20 steps), the CAM distance to a teacher on the student's PGD-20 examples, black-box
-transfer from a source model, and sanity flags (smaraad/sanity.py) for orderings a correct
-evaluation obeys.
+accuracy at eps 8/255; PGD and CW_inf step eps/4 for 20 steps), the CAM distance to a teacher
+on the student's PGD-20 examples, black-box transfer from a source model, and sanity flags
+(smaraad/sanity.py) for orderings a correct evaluation obeys.
 """
 
 from __future__ import annotations
@@ -196,7 +196,8 @@ def evaluate_suite(model: nn.Module, data: tuple[Tensor, Tensor], *,
         if source is not None:  # transfer: examples made on the source, judged by the model
             for name in metrics.blackbox_names():
                 transfer = lambda m, x, y, a=table[name]: a(source, x, y)  # noqa: E731
-                result[metrics.REGISTRY[name].key("blackbox/")] = _mean(timed(f"blackbox_{name}", transfer))
+                hits_box = timed(f"blackbox_{name}", transfer)
+                result[metrics.REGISTRY[name].key("blackbox/")] = _mean(hits_box)
         if (check_masking if check_masking is not None else "pgd20" in names) and count:
             m = min(MASKING_N, count)
             sub = (data[0][:m], data[1][:m])

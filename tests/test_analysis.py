@@ -160,7 +160,8 @@ def test_table_mean_std_seeds_failures_and_best_marks(store):
     md = to_markdown(summarize(runs.trials, ["variant"]), ["variant"])
     assert ("| variant | seeds | n | Clean (%) | PGD-20 (%) | CAM dist. (lower is better) | "
             "failed |") in md
-    assert "| kd | 3 | 100 | **82.00 ± 2.00** | 42.00 ± 1.73 | 0.2000 ± 0.0000 | a_failed seed 3: x |" in md
+    assert ("| kd | 3 | 100 | **82.00 ± 2.00** | 42.00 ± 1.73 | 0.2000 ± 0.0000 | "
+            "a_failed seed 3: x |") in md
     assert "| sm | 3 | 100 | 79.00 ± 1.00 | 51.00 ± 3.61 | 0.1500 ± 0.0000 | - |" in md
     assert "| kd_align | 2 | 100 | 80.50 ± 0.71 | 46.00 ± 1.41 |" in md
     assert "failed" not in to_markdown(summarize(done, ["variant"]), ["variant"])

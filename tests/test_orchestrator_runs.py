@@ -98,7 +98,7 @@ def test_smoke_tune_starts_from_the_papers_values(workdir):
     exp_id = parents[0].info.experiment_id
     assert done.stdout.strip().splitlines()[-1] == (
         f"runs: http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
-        "&orderByKey=attributes.run_name&orderByAsc=true")
+        "&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true")
     assert len(parents) == 1 and len(children) == 3
     assert parents[0].data.tags["smaraad.search_keys"] == "gamma,alpha"
     first = min(children, key=lambda r: r.info.start_time)
