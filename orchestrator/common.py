@@ -22,6 +22,7 @@ from smaraad.cli import Parser, UsageError, parse_kv
 from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
 from smaraad.evaluation import ATTACKS, check_attacks
 from smaraad.methods import METHODS
+from smaraad.robustbench_teachers import check as check_zoo, is_zoo_spec
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
@@ -33,8 +34,12 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--dataset", default="embedded", help="embedded (default), cifar10, cifar100")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
     p.add_argument("--student", help="student architecture (default: the preset's)")
-    p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (default: train and "
-                   "cache a PGD-AT teacher of --teacher-arch)")
+    p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint, or robustbench:NAME "
+                   "for RobustBench's model zoo (docs/teachers.md) (default: train and cache a "
+                   "PGD-AT teacher of --teacher-arch)")
+    p.add_argument("--teacher-dir", help="RobustBench weights folder, its layout "
+                   "<dir>/<dataset>/Linf/<NAME>.pt (default: $SMARAAD_CACHE/robustbench or "
+                   "~/.cache/smaraad/robustbench)")
     p.add_argument("--teacher-arch", help="teacher architecture to train when none is given")
     p.add_argument("--teacher-epochs", type=int, help="epochs of a teacher trained here")
     p.add_argument("--teacher-method", default="pgd_at", help="how that teacher is trained: "
@@ -83,6 +88,8 @@ class Resolved:
     name: str
     resume: bool
     teacher_epochs: int | None
+    teacher: str | None = None      # --teacher, or the space's robustbench:NAME
+    teacher_dir: str | None = None  # where robustbench:NAME weights are
 
 
 def resolve(args, space, *, space_name: str) -> Resolved:
@@ -117,8 +124,11 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         EMBEDDED_AA_N if args.dataset == "embedded" and not args.smoke_test else 0)
     if aa_n < 0:
         raise UsageError(f"--aa-n: {aa_n}; must be >= 0 (0 = all of --eval-n)")
-    if args.teacher and not Path(args.teacher).is_file():
-        raise UsageError(f"--teacher {args.teacher}: no such file")
+    teacher = args.teacher or space.teacher
+    if is_zoo_spec(teacher):  # name, data set and file (or --download), before anything starts
+        check_zoo(teacher, base_cfg.dataset, args.teacher_dir, getattr(args, "download", False))
+    elif teacher and not Path(teacher).is_file():
+        raise UsageError(f"--teacher {teacher}: no such file")
     teacher_epochs = args.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
     if teacher_epochs is not None and teacher_epochs < 1:
         raise UsageError("--teacher-epochs: must be >= 1")
@@ -140,7 +150,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     if args.address:
         check_ray_address(args.address)
     return Resolved(base, base_cfg, attacks, eval_n, aa_n, uri, storage, name, args.resume,
-                    teacher_epochs)
+                    teacher_epochs, teacher, args.teacher_dir)
 
 
 def latest(storage: str, space_name: str) -> str | None:

@@ -66,7 +66,7 @@ def weights_file(name: str, dataset: str, teacher_dir, threat_model: str = THREA
     return Path(teacher_dir) / dataset / threat_model / f"{name}.pt"
 
 
-def _robustbench():
+def import_robustbench():
     """Import robustbench (lazily: the core needs it only for these teachers).
 
     robustbench 1.1.1 imports `autoattack`, the module name of AutoAttack's GitHub install,
@@ -100,7 +100,7 @@ def zoo_entry(name: str, dataset: str, threat_model: str = THREAT_MODEL) -> dict
     if dataset not in ZOO_CLASSES:
         raise ZooError(f"robustbench:{name}: RobustBench's models are trained on "
                        f"{' or '.join(ZOO_CLASSES)}; --dataset is {dataset!r}")
-    _, zoo = _robustbench()
+    _, zoo = import_robustbench()
     by_name = {(d.value, t.value): models for d, per in zoo.items() for t, models in per.items()}
     models = by_name[(dataset, threat_model)]
     if name not in models:
@@ -134,7 +134,7 @@ def check(spec: str, dataset: str, teacher_dir=None, download: bool = False) -> 
 def load(name: str, dataset: str, teacher_dir=None, *, download: bool = False,
          threat_model: str = THREAT_MODEL) -> HookedCamNet:
     """NAME's trained network through robustbench's own loader, wrapped for Eq. 6, eval mode."""
-    rb_utils, _ = _robustbench()
+    rb_utils, _ = import_robustbench()
     entry = zoo_entry(name, dataset, threat_model)
     teacher_dir = Path(teacher_dir or default_dir())
     file = weights_file(name, dataset, teacher_dir, threat_model)
