@@ -176,11 +176,11 @@ def test_smoke_tune_with_a_zoo_teacher_from_a_space_base(tmp_path, capsys, monke
     write_weights(tmp_path / "w", SMALL)
     space = tmp_path / "zoo.yaml"
     space.write_text("kind: tune\nbase: {method: smaraad_pp, teacher: robustbench:%s}\n"
-                     "search:\n  gamma: {distribution: loguniform, low: 1.0, high: 100.0}\n" % SMALL)
+                     "search:\n  gamma: {distribution: loguniform, low: 10.0, high: 3000.0}\n" % SMALL)
     argv = ["--space", str(space), "--smoke-test", "--num-samples", "1", "--epochs", "1",
             "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--student",
             "small_cnn", "--teacher-dir", str(tmp_path / "w"), "--eval-n", "8",
-            "--attacks", "clean,fgsm", "--set", "attack_steps=1", "--set", "batch_size=16",
+            "--attacks", "clean,pgd20", "--set", "attack_steps=1", "--set", "batch_size=16",
             "--set", "val_size=8", "--name", "zoo", "--tracking-uri",
             f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "ray"),
             "--no-report"]
@@ -199,4 +199,4 @@ def test_smoke_tune_with_a_zoo_teacher_from_a_space_base(tmp_path, capsys, monke
         assert 0.0 <= parent.data.metrics[key] <= 1.0
         assert child.data.metrics[key] == parent.data.metrics[key]
     assert child.info.status == "FINISHED" and child.data.params["teacher"] == f"robustbench:{SMALL}"
-    assert "test/cam_dist" in child.data.metrics and "train/loss_align_adv" in child.data.metrics
+    assert "test/cam_dist" in child.data.metrics and "train/loss_guide_align_adv" in child.data.metrics
