@@ -112,6 +112,36 @@ def test_a_zoo_teacher_travels_as_plain_data(tmp_path):
         assert torch.equal(rebuilt(x), model(x))
 
 
+def test_provide_teacher_evaluates_a_zoo_teacher_once_on_the_validation_split(tmp_path,
+                                                                             monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    from smaraad.config import preset_config
+    from smaraad.evaluation import accuracy
+    from smaraad.teachers import provide_teacher
+    from smaraad.trainer import load_splits
+    from test_data import _write_cifar10
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    _write_cifar10(tmp_path / "data", per_batch=4, n_test=4)
+    net = write_weights(tmp_path / "w", SMALL, seed=5)
+    cfg = preset_config({"dataset": "cifar10", "data_root": str(tmp_path / "data"), "val_size": 8,
+                         "student": "small_cnn", "device": "cpu", "val_pgd_steps": 2})
+    lines = []
+    t = provide_teacher(cfg, path=f"robustbench:{SMALL}", teacher_dir=tmp_path / "w",
+                        log=lines.append)
+    assert t.path == str(zoo.weights_file(SMALL, "cifar10", tmp_path / "w"))
+    assert t.metrics["teacher/val_clean_acc"] == accuracy(net, load_splits(cfg).val)
+    assert 0.0 <= t.metrics["teacher/val_pgd_acc"] <= 1.0
+    assert t.metrics["teacher/leaderboard_aa_acc"] == zoo.leaderboard(SMALL, "cifar10")[
+        "teacher/leaderboard_aa_acc"]
+    assert any("evaluating" in ln for ln in lines)
+    lines.clear()
+    again = provide_teacher(cfg, path=f"robustbench:{SMALL}", teacher_dir=tmp_path / "w",
+                            log=lines.append)
+    assert again.metrics == t.metrics and not any("evaluating" in ln for ln in lines)
+
+
 def test_a_net_without_a_pooled_map_is_refused():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
                               torch.nn.Linear(4 * 30 * 30, 10))

@@ -51,6 +51,7 @@ from .checkpoint import (  # noqa: E402
 )
 
 __all__ = [
-    "MODELS", "CamNet", "HookedCamNet", "NotCamReady", "Normalize", "fold_batchnorm", "CheckpointError", "build_model", "count_parameters",
+    "MODELS", "CamNet", "HookedCamNet", "NotCamReady", "Normalize", "fold_batchnorm",
+    "CheckpointError", "build_model", "count_parameters",
     "import_state_dict", "load_checkpoint", "read_checkpoint", "save_checkpoint",
 ]
