@@ -71,7 +71,8 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
         if teacher and teacher.metrics:  # its own val accuracy (and a zoo teacher's leaderboard)
             for k, v in teacher.metrics.items():
                 client(tracking.uri).log_metric(tracking.parent_run_id, k, v)
-        if teacher and teacher.path and Path(teacher.path).stat().st_size < TEACHER_ARTIFACT_MAX:
+        if (teacher and teacher.path and not teacher.zoo  # a zoo teacher is its name
+                and Path(teacher.path).stat().st_size < TEACHER_ARTIFACT_MAX):
             client(tracking.uri).log_artifact(tracking.parent_run_id, teacher.path, "teacher")
         write_parent_state(exp_dir, {"tracking": tracking.__dict__, "space": space.name,
                                      "kind": kind, "command": command_line()})

@@ -149,7 +149,8 @@ def load(name: str, dataset: str, teacher_dir=None, *, download: bool = False,
                                       threat_model=threat_model)
     except (RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ZooError(f"robustbench:{name}: {file} does not fit its architecture ({first})") from None
+        raise ZooError(f"robustbench:{name}: {file} does not fit its architecture "
+                       f"({first})") from None
     return wrap(net, name, dataset, threat_model)
 
 
