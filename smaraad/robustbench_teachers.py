@@ -10,7 +10,8 @@ stays inside it).
 Safety: robustbench's own `torch.load` passes no `weights_only`. Before it runs, every file is
 read here with torch.load(weights_only=True) (smaraad.models.read_checkpoint): a file that needs
 code to unpickle is refused with one error, so robustbench's load only ever sees tensors and
-plain types (and on torch >= 2.6 its load defaults to weights_only=True as well).
+plain types (and on torch >= 2.6 its load defaults to weights_only=True as well). The file is
+thus read twice; one swapped between the two reads is not guarded against.
 
 The data set is the run's (cifar10 or cifar100); the threat model is THREAT_MODEL (the
 paper's L_inf, 8/255). Leaderboard figures come from robustbench_leaderboard.json, extracted
