@@ -22,7 +22,7 @@ from smaraad import metrics
 from smaraad.cli import Parser, UsageError
 from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
 from smaraad.methods import METHODS
-from smaraad.options import add_run_options, run_options
+from smaraad.options import add_run_options, check_teacher, run_options
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
@@ -69,6 +69,8 @@ class Resolved:
     resume: bool
     teacher_epochs: int | None
     download: bool = False  # --download: fetch CIFAR-10/100 with torchvision if absent
+    teacher: str | None = None      # --teacher, or the space's robustbench:NAME
+    teacher_dir: str | None = None  # where robustbench:NAME weights are
 
 
 def resolve(args, space, *, space_name: str) -> Resolved:
@@ -92,8 +94,8 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     eval_n = opts.eval_n if opts.eval_n is not None else SMOKE["eval_n"] if args.smoke_test else 0
     aa_n = opts.aa_n if opts.aa_n is not None else (
         EMBEDDED_AA_N if dataset == "embedded" and not args.smoke_test else 0)
-    if args.teacher and not Path(args.teacher).is_file():
-        raise UsageError(f"--teacher {args.teacher}: no such file")
+    teacher = opts.teacher or space.teacher
+    check_teacher(teacher, base_cfg.dataset, opts.teacher_dir, opts.download)
     teacher_epochs = opts.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
 
     uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
@@ -111,7 +113,8 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     if args.address:
         check_ray_address(args.address)
     return Resolved(base, base_cfg, opts.attacks, eval_n, aa_n, uri, storage, name, args.resume,
-                    teacher_epochs, download=opts.download)
+                    teacher_epochs, download=opts.download, teacher=teacher,
+                    teacher_dir=opts.teacher_dir)
 
 
 def latest(storage: str, space_name: str) -> str | None:

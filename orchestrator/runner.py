@@ -29,10 +29,12 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     cpus = cpu_count()
     ex.init_ray(args.address, None if args.address else cpus)
 
+    data = load_splits(r.base_cfg)  # before the teacher: a zoo teacher is evaluated on its val
     teacher = None
     if needs_teacher(methods):
-        t = provide_teacher(r.base_cfg, path=args.teacher, epochs=r.teacher_epochs,
-                            method=args.teacher_method)
+        t = provide_teacher(r.base_cfg, path=r.teacher, epochs=r.teacher_epochs,
+                            method=args.teacher_method, teacher_dir=r.teacher_dir,
+                            download=r.download, data=data)
         teacher = TeacherWeights.of(t.model, metrics=t.metrics, path=t.path)
         if t.metrics:
             print("teacher: " + ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in t.metrics.items()))
@@ -40,7 +42,6 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     if any(METHODS[m].needs_natural_teacher for m in methods):
         n = provide_teacher(r.base_cfg, method="natural", epochs=r.teacher_epochs)
         natural = TeacherWeights.of(n.model, metrics=n.metrics, path=n.path)
-    data = load_splits(r.base_cfg)
 
     exp_dir = Path(r.storage_path) / r.name
     state = parent_state(exp_dir) if r.resume else None
@@ -63,10 +64,15 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
             params={**{k: v for k, v in r.base.items()}, "space": space.name,
                     "num_samples": num_samples, "seeds": list(seeds),
                     "teacher_path": teacher.path if teacher else "none",
+                    **({"teacher": teacher.arch} if teacher and teacher.zoo else {}),
                     **({f"teacher_{k.split('/')[-1]}": v for k, v in teacher.metrics.items()}
                        if teacher else {})})
-        if teacher and teacher.path and Path(teacher.path).stat().st_size < TEACHER_ARTIFACT_MAX:
-            from trainables.tracking import client
+        from trainables.tracking import client
+        if teacher and teacher.metrics:  # its own val accuracy (and a zoo teacher's leaderboard)
+            for k, v in teacher.metrics.items():
+                client(tracking.uri).log_metric(tracking.parent_run_id, k, v)
+        if (teacher and teacher.path and not teacher.zoo  # a zoo teacher is its name
+                and Path(teacher.path).stat().st_size < TEACHER_ARTIFACT_MAX):
             client(tracking.uri).log_artifact(tracking.parent_run_id, teacher.path, "teacher")
         write_parent_state(exp_dir, {"tracking": tracking.__dict__, "space": space.name,
                                      "kind": kind, "command": command_line()})

@@ -17,6 +17,7 @@ from typing import Any
 
 from smaraad import metrics
 from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping
+from smaraad.robustbench_teachers import is_zoo_spec
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -56,6 +57,7 @@ class Space:
     grace_period: int = 1
     reduction_factor: float = 2.0
     num_samples: int = 8
+    teacher: str | None = None      # base's `teacher: robustbench:NAME`, a model-zoo teacher
 
     @property
     def variants(self) -> list[dict]:
@@ -101,8 +103,12 @@ def _validate(name: str, raw: dict) -> Space:
     base = raw.get("base") or {}
     if not isinstance(base, dict):
         raise ConfigError("base: expected a mapping of config keys to values")
+    teacher = base.get("teacher")
+    if is_zoo_spec(teacher):  # a teacher by name, not an architecture to train
+        base = {k: v for k, v in base.items() if k != "teacher"}
     TrainConfig.from_flat(base)  # every base key must be valid on its own
     kw: dict[str, Any] = dict(name=name, kind=kind, metric=metric, mode=mode, base=base,
+                              teacher=teacher if is_zoo_spec(teacher) else None,
                               description=str(raw.get("description", "")))
     if kind == "tune":
         search = raw.get("search")

@@ -11,6 +11,7 @@ AutoAttack subset) and `--download`. Each command adds only what is its own (tra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from smaraad import metrics
@@ -26,8 +27,12 @@ def add_run_options(p: Parser, *, attacks: Sequence[str], eval_n_default: str,
     p.add_argument("--epochs", type=int, help="training epochs (default: the data set's preset)")
     p.add_argument("--seed", type=int, default=0, help="seeds the run (and the search)")
     p.add_argument("--student", help="student architecture (default: the preset's)")
-    p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (default: train and "
-                   "cache a teacher of --teacher-arch with --teacher-method)")
+    p.add_argument("--teacher", metavar="PATH", help="teacher checkpoint, or robustbench:NAME "
+                   "from RobustBench's model zoo (docs/teachers.md) (default: train and cache a "
+                   "teacher of --teacher-arch with --teacher-method)")
+    p.add_argument("--teacher-dir", help="RobustBench weights folder, in its layout "
+                   "<dir>/<dataset>/Linf/<NAME>.pt (default: $SMARAAD_CACHE/robustbench or "
+                   "~/.cache/smaraad/robustbench)")
     p.add_argument("--teacher-arch", help="architecture of the teacher to train when none is given")
     p.add_argument("--teacher-method", default="pgd_at", choices=TEACHER_METHODS,
                    help="how that teacher is trained: pgd_at (default), trades, or natural "
@@ -55,7 +60,8 @@ class RunOptions:
     attacks: tuple
     eval_n: int | None         # None: the command's default
     aa_n: int | None
-    teacher: str | None        # a checkpoint path
+    teacher: str | None        # a checkpoint path or robustbench:NAME
+    teacher_dir: str | None    # where robustbench:NAME weights are
     teacher_method: str
     teacher_epochs: int | None
     download: bool
@@ -84,5 +90,17 @@ def run_options(args, *, base: dict | None = None, extra: dict | None = None,
             raise UsageError(f"{option}: {value}; must be >= 0 ({meaning})")
     if args.teacher_epochs is not None and args.teacher_epochs < 1:
         raise UsageError(f"--teacher-epochs: {args.teacher_epochs}; must be >= 1")
-    return RunOptions(values, attacks, args.eval_n, args.aa_n, args.teacher, args.teacher_method,
-                      args.teacher_epochs, args.download)
+    return RunOptions(values, attacks, args.eval_n, args.aa_n, args.teacher, args.teacher_dir,
+                      args.teacher_method, args.teacher_epochs, args.download)
+
+
+def check_teacher(spec: str | None, dataset: str, teacher_dir: str | None,
+                  download: bool) -> None:
+    """--teacher before anything starts: a robustbench:NAME (its name, data set and weights file,
+    or --download) or a checkpoint file. UsageError/ZooError name what is wrong."""
+    from smaraad.robustbench_teachers import check as check_zoo, is_zoo_spec
+
+    if is_zoo_spec(spec):
+        check_zoo(spec, dataset, teacher_dir, download)
+    elif spec and not Path(spec).is_file():
+        raise UsageError(f"--teacher {spec}: no such file")

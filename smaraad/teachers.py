@@ -5,7 +5,9 @@ links are dead. `provide_teacher` either loads the checkpoint the user names, or
 `pgd_at` (or any teacher-free method, e.g. TRADES) and caches it on disk under a key derived from
 the teacher's full config, so every trial and every later run reuses it. The teacher's own
 validation accuracy (the paper's Table 2) travels in the checkpoint and is reported with every
-student run.
+student run. `path="robustbench:NAME"` takes a community teacher from RobustBench's model zoo
+instead (smaraad/robustbench_teachers.py), with its leaderboard figures and the same validation
+accuracy measured here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from smaraad.config import ConfigError, TrainConfig, preset_config
 from smaraad.models import import_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
+from smaraad.robustbench_teachers import is_zoo_spec
 
 TEACHER_SEED = 0  # one teacher per data set and recipe, shared by every student seed
 TEACHER_METHODS = ("pgd_at", "trades", "natural")  # teacher-free methods that can train one
@@ -69,10 +72,19 @@ class Teacher:
 
 def provide_teacher(student: TrainConfig, *, path: str | None = None, method: str = "pgd_at",
                     epochs: int | None = None,
-                    log: Callable[[str], None] | None = print) -> Teacher:
-    """Load the teacher at `path`, else the cached one for this config, else train and cache it."""
+                    log: Callable[[str], None] | None = print,
+                    teacher_dir: str | os.PathLike | None = None, download: bool = False,
+                    data=None) -> Teacher:
+    """Load the teacher at `path`, else the cached one for this config, else train and cache it.
+
+    path="robustbench:NAME" takes RobustBench's NAME for the student's data set (its weights
+    under `teacher_dir`, fetched when `download`), evaluated once on the validation split of
+    `data` (the student's splits; loaded when None): smaraad.robustbench_teachers."""
     if method not in TEACHER_METHODS:
         raise ConfigError(f"teacher method {method!r}; allowed: {', '.join(TEACHER_METHODS)}")
+    if is_zoo_spec(path):
+        return _from_zoo(student, path, teacher_dir=teacher_dir, download=download, data=data,
+                         log=log)
     if path:
         return _from_file(path, arch=student.teacher, dataset=student.dataset)
     cfg = teacher_config(student, method=method, epochs=epochs)
@@ -105,3 +117,40 @@ def _from_file(path: str, *, arch: str | None = None, dataset: str = "embedded")
     metrics = {k: float(v) for k, v in (raw.get("metrics") or {}).items()
                if k.startswith("teacher/")}
     return Teacher(load_checkpoint(path), path, metrics)
+
+
+def _from_zoo(student: TrainConfig, spec: str, *, teacher_dir, download: bool, data,
+              log: Callable[[str], None] | None) -> Teacher:
+    """A RobustBench teacher with its leaderboard figures and its accuracy on our validation
+    split (clean and PGD, as `validate` measures a trained teacher), the latter cached per
+    weights file and split so a later run does not attack the teacher again."""
+    from smaraad import robustbench_teachers as zoo
+    from smaraad.trainer import load_splits, resolve_device, validate
+
+    name = zoo.zoo_name(spec)
+    model = zoo.load(name, student.dataset, teacher_dir, download=download)
+    file = zoo.weights_file(name, student.dataset, teacher_dir or zoo.default_dir())
+    shared = ("dataset", "data_root", "train_size", "val_size", "split_seed", "eps_255",
+              "val_pgd_steps", "val_max")
+    stat = file.stat()
+    key = json.dumps({"spec": spec, "size": stat.st_size, "mtime": stat.st_mtime_ns,
+                      **{k: getattr(student, k) for k in shared}}, sort_keys=True, default=str)
+    record = cache_dir() / f"robustbench-{student.dataset}-{name}-" \
+        f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if record.exists():
+        own = json.loads(record.read_text())
+    else:
+        data = data if data is not None else load_splits(student)
+        device = resolve_device(student.device)
+        if log:
+            log(f"teacher: evaluating {spec} on {len(data.val[1])} validation images "
+                f"(clean, PGD-{student.val_pgd_steps})")
+        metrics = validate(model.to(device), data, student, device)
+        model.cpu()
+        own = {"teacher/val_clean_acc": metrics["val/clean_acc"],
+               "teacher/val_pgd_acc": metrics["val/pgd_acc"]}
+        from smaraad.io import save_json
+        save_json(record, own)
+    if log:
+        log(f"teacher: {spec} from {file}")
+    return Teacher(model, str(file), {**zoo.leaderboard(name, student.dataset), **own})

@@ -24,7 +24,7 @@ from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping, preset_c
 from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
-from smaraad.options import RunOptions, add_run_options, run_options
+from smaraad.options import RunOptions, add_run_options, check_teacher, run_options
 from smaraad.trainer import fit, load_splits, training_precision
 
 
@@ -56,8 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, opts = options_from_args(args)
     attacks, eval_n, aa_n = opts.attacks, opts.eval_n or 0, opts.aa_n or 0
     out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
-    if args.teacher and not Path(args.teacher).is_file():
-        raise ConfigError(f"--teacher {args.teacher}: no such file")
+    check_teacher(opts.teacher, cfg.dataset, opts.teacher_dir, opts.download)
     data = load_splits(cfg)  # fails early (missing CIFAR files) before anything is written
 
     resume = None
@@ -74,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = METHODS[cfg.method]
     if spec.needs_teacher:
         from smaraad.teachers import provide_teacher
-        t = provide_teacher(cfg, path=args.teacher, method=opts.teacher_method,
-                            epochs=opts.teacher_epochs)
+        t = provide_teacher(cfg, path=opts.teacher, method=opts.teacher_method,
+                            epochs=opts.teacher_epochs, teacher_dir=opts.teacher_dir,
+                            download=opts.download, data=data)
         teacher = t.model
         summary.update(t.metrics, teacher_path=t.path)
         if spec.needs_natural_teacher:

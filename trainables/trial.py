@@ -33,7 +33,11 @@ COMPLETED = "completed"  # set in the report that follows the final evaluation
 
 @dataclass
 class TeacherWeights:
-    """A teacher as plain data (it travels through the object store, not as a pickled module)."""
+    """A teacher as plain data (it travels through the object store, not as a pickled module).
+
+    Ours are (arch, statistics, state_dict), rebuilt with build_model. A model-zoo teacher
+    (HookedCamNet) carries `zoo` = ("robustbench", NAME, dataset, threat model) instead, and the
+    trial rebuilds its architecture through robustbench's zoo before loading the state_dict."""
     arch: str
     num_classes: int
     mean: tuple
@@ -42,15 +46,20 @@ class TeacherWeights:
     state_dict: dict
     metrics: dict = field(default_factory=dict)
     path: str = ""
+    zoo: tuple = ()
 
     @classmethod
     def of(cls, model, *, metrics: dict, path: str) -> "TeacherWeights":
         norm = model.normalize
         return cls(model.arch, model.num_classes, tuple(norm.mean.flatten().tolist()),
                    tuple(norm.std.flatten().tolist()), bool(norm.center),
-                   {k: v.cpu() for k, v in model.state_dict().items()}, metrics, path)
+                   {k: v.cpu() for k, v in model.state_dict().items()}, metrics, path,
+                   tuple(getattr(model, "source", ())))
 
     def build(self):
+        if self.zoo:
+            from smaraad.robustbench_teachers import rebuild
+            return rebuild(self.zoo, self.state_dict)
         model = build_model(self.arch, num_classes=self.num_classes, mean=self.mean, std=self.std,
                             center=self.center)
         model.load_state_dict(self.state_dict)

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from .common import CamNet, Normalize, fold_batchnorm
+from .hooked import HookedCamNet, NotCamReady
 from .mobilenetv2 import MobileNetV2
 from .resnet import ResNet18
 from .small import SmallCNN, SmallResNet
@@ -50,6 +51,7 @@ from .checkpoint import (  # noqa: E402
 )
 
 __all__ = [
-    "MODELS", "CamNet", "Normalize", "fold_batchnorm", "CheckpointError", "build_model", "count_parameters",
+    "MODELS", "CamNet", "HookedCamNet", "NotCamReady", "Normalize", "fold_batchnorm",
+    "CheckpointError", "build_model", "count_parameters",
     "import_state_dict", "load_checkpoint", "read_checkpoint", "save_checkpoint",
 ]

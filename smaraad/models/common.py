@@ -148,7 +148,8 @@ def fold_batchnorm(model: nn.Module, *, rtol: float = 1e-4) -> nn.Module:
 
 
 def _same_function(a: nn.Module, b: nn.Module, rtol: float) -> bool:
-    probe = torch.rand(4, IN_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(0),
+    side = getattr(a, "input_size", None) or 16  # a zoo net may pool with a fixed window
+    probe = torch.rand(4, IN_CHANNELS, side, side, generator=torch.Generator().manual_seed(0),
                        dtype=torch.float64)
     a64, b64 = (copy.deepcopy(m).eval().to("cpu", torch.float64) for m in (a, b))
     run = lambda m: m.forward_features(probe) if isinstance(m, CamNet) else (m(probe),)  # noqa: E731
