@@ -81,10 +81,6 @@ def main(argv: list[str]) -> int:
         import gpu_parts  # beside this file (the script's folder is on sys.path)
         print(json.dumps(getattr(gpu_parts, argv[1])()))
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
     out = Path(argv[0]) if argv else Path(os.environ.get("OUT", ".")) / "gpu_check.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"device": device_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
