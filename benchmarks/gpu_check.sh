@@ -8,13 +8,18 @@ set -u
 cd "$(dirname "$0")/.." || exit 2
 py="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$py" -c 'import torch' 2>/dev/null; then
-  echo "gpu_check: $py cannot import torch; set PYTHON to the project's interpreter" >&2
-  exit 2
-fi
-if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  echo "gpu_check: no CUDA GPU visible (torch.cuda.is_available() is False); run it on a GPU machine" >&2
-  exit 2
-fi
+"$py" -c 'import sys
+try:
+    import torch
+except ImportError:
+    sys.exit(3)
+sys.exit(0 if torch.cuda.is_available() else 4)' 2>/dev/null
+case $? in
+  0) ;;
+  4) echo "gpu_check: no CUDA GPU visible (torch.cuda.is_available() is False); run it on a GPU machine" >&2
+     exit 2 ;;
+  *) echo "gpu_check: $py cannot import torch; set PYTHON to the project's interpreter" >&2
+     exit 2 ;;
+esac
 out="${1:-${OUT:-.}/gpu_check.json}"
 exec "$py" benchmarks/gpu_check.py "$out"

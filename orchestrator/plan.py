@@ -95,7 +95,7 @@ def print_plan(args, r: Resolved, *, variants: list, runs_per_variant: int, labe
                            steps=cfg.attack_steps, eps_255=cfg.eps_255, step_255=cfg.step_255,
                            epochs=cfg.epochs, params=_params(cfg))
         per_image[name] = flops
-        log(f"step FLOP per image: {name} {flops:.3g}")
+        log(f"step FLOP per image: {name} {flops:.2e}")
         total += flops * images * cfg.epochs * runs_per_variant
     log(f"total: {total:.3g} FLOP (step FLOP per image x {images} images x {epochs} epochs x "
         f"{runs_per_variant} run(s) of each of {len(configs)} configuration(s); training steps "

@@ -141,7 +141,7 @@ def test_autoattack_on_cuda_matches_the_cpu():
     from smaraad.data import load_data
     from smaraad.trainer import fit
 
-    cfg = preset_config({"dataset": "embedded", "method": "pgd_at", "epochs": 3,
+    cfg = preset_config({"dataset": "embedded", "method": "pgd_at",  # the preset: 8 epochs
                          "train_size": 1500, "device": "cuda", "precision": "fp32"})
     model, _ = fit(cfg, log=None)
     splits = load_data("embedded", n_train=1500)

@@ -84,6 +84,7 @@ def empty_dirs(tmp_path, monkeypatch):
 FLOP_LINE = re.compile(r"^step FLOP per image: (\S+) (\d\.\d+e\+\d\d)$", re.M)
 
 
+@pytest.mark.slow
 def test_tune_plan_needs_no_data_no_teacher(empty_dirs, capsys):
     code, out, err = run_cli(tune.main, ["--space", "full", "--dataset", "cifar10", "--student",
                                          "small_cnn", "--teacher-arch", "small_resnet",
@@ -101,6 +102,7 @@ def test_tune_plan_needs_no_data_no_teacher(empty_dirs, capsys):
     assert "teacher:" not in out  # nothing provided, nothing trained
 
 
+@pytest.mark.slow
 def test_ablate_plan_counts_every_method(empty_dirs, capsys):
     code, out, err = run_cli(ablate.main, ["--space", "methods", "--dataset", "cifar100",
                                            "--student", "small_cnn", "--teacher-arch",
