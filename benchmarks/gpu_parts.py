@@ -35,9 +35,10 @@ def _timed(fn, repeats: int = REPEATS, warmup: int = 2) -> float:
 def step() -> dict:
     """SmaraAD++ at the paper's scale, fp32 and bf16: rate, TFLOP/s, fraction of peak, ratio to
     the bare passes."""
-    from bench_step import bare_step, real_step
+    from bench_step import bare_step
     from gpu_check import peaks
     from smaraad.cost import make_context, step_flops
+    from smaraad.methods import METHODS
     from smaraad.trainer import prepare_teacher
 
     dev = torch.device("cuda")
@@ -54,9 +55,13 @@ def step() -> dict:
     for precision in ("fp32", "bf16"):
         amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
 
-        def real():
+        def real():  # as the trainer steps: the loss under autocast, the backward outside
+            ctx.student.train()
             with torch.autocast(**amp):
-                real_step("smaraad_pp", ctx, opt, x, y)
+                terms = METHODS["smaraad_pp"].loss(ctx, x, y)
+            opt.zero_grad(set_to_none=True)
+            torch.stack(list(terms.values())).sum().backward()
+            opt.step()
 
         def bare():
             with torch.autocast(**amp):

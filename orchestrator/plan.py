@@ -15,6 +15,10 @@ paper's point.
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
+
 from orchestrator.common import Resolved
 from smaraad.config import preset_config
 from smaraad.cost import cpu_step_seconds, step_flops
@@ -110,7 +114,6 @@ def print_plan(args, r: Resolved, *, variants: list, runs_per_variant: int, labe
     measured = min(first.attack_steps, MEASURED_ATTACK_STEPS)
     kw = dict(num_classes=classes, image_size=size, steps=measured, eps_255=first.eps_255,
               step_255=first.step_255, epochs=first.epochs, params=_params(first))
-    import torch
     log(f"measuring one real fp32 step of {name} with {measured} attack step(s) on this CPU "
         f"({CPU_BATCH} images, {torch.get_num_threads()} threads)...")
     seconds = cpu_step_seconds(first.method, first.student, teacher, batch=CPU_BATCH, **kw)
@@ -123,5 +126,4 @@ def print_plan(args, r: Resolved, *, variants: list, runs_per_variant: int, labe
 
 
 def _params(cfg) -> dict:
-    import dataclasses
     return dataclasses.asdict(cfg.params)

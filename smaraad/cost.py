@@ -71,7 +71,10 @@ def make_context(method: str, student: str, teacher: str | None, *, num_classes:
     the student in train mode, the teachers frozen in eval mode."""
     spec = METHODS[method]
     s = build_model(student, num_classes=num_classes).train()
-    frozen = lambda arch: build_model(arch, num_classes=num_classes).eval().requires_grad_(False)  # noqa: E731
+
+    def frozen(arch: str):
+        return build_model(arch, num_classes=num_classes).eval().requires_grad_(False)
+
     t = frozen(teacher) if spec.needs_teacher and teacher else None
     n = frozen(natural_teacher or teacher) if spec.needs_natural_teacher else None
     return Context(student=s, teacher=t, params=spec.make_params(dict(params or {})),
