@@ -51,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke_test and not args.seeds:
         seeds = seeds[:1]
     r = resolve(args, space, space_name=space.name)
+    if args.plan:  # before the teacher, the data and Ray
+        from orchestrator.plan import print_plan
+        return print_plan(args, r, variants=variants, runs_per_variant=len(seeds),
+                          label=f"ablate --space {space.name}, {len(variants)} variants x "
+                                f"{len(seeds)} seeds")
 
     from orchestrator.runner import execute
     rows, plan = execute(args, space, r, kind="ablate", variants=variants, seeds=seeds,

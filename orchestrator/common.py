@@ -52,7 +52,14 @@ def common_parser(prog: str, description: str) -> Parser:
                    help=f"a tiny run to check the setup ({SMOKE['epochs']} epochs, "
                         f"{SMOKE['num_samples']} trials, {SMOKE['train_size']} embedded training "
                         f"images, {SMOKE['eval_n']} test images)")
+    add_plan_flag(p)
     return p
+
+
+def add_plan_flag(p: Parser) -> None:
+    p.add_argument("--plan", action="store_true", help="print what the experiment costs (trials x "
+                   "epochs, FLOPs per step and in total, GPU hours, one measured CPU step) and "
+                   "exit: trains nothing, needs neither the data nor the teacher")
 
 
 @dataclass

@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if num_samples < 1:
         raise UsageError("--num-samples: must be >= 1")
     r = resolve(args, space, space_name=space.name)
+    if args.plan:  # before the teacher, the data and Ray
+        from orchestrator.plan import print_plan
+        return print_plan(args, r, variants=[], runs_per_variant=num_samples,
+                          label=f"tune --space {space.name}, {num_samples} trials")
 
     from orchestrator.runner import execute
     rows, plan = execute(args, space, r, kind="tune", variants=[], seeds=(args.seed,),

@@ -4,12 +4,28 @@ Why not torch.utils.data.DataLoader: CIFAR fits in memory as uint8 (150 MB), and
 PIL transforms in worker processes cost more than the small models trained here on a 2-core
 CPU. Keeping every random draw in one dedicated torch.Generator also makes an epoch a pure
 function of the generator state, which a checkpoint can save and restore exactly.
+
+On a GPU the uint8 training set is kept on the device when it fits (CIFAR: 150 MB), so a batch is
+one gather there and nothing crosses the bus per step; otherwise each batch is copied from pinned
+memory without blocking. Every random draw stays on the CPU generator, so the batches are the
+same either way (tests/test_gpu.py, tests/test_loader_device.py).
 """
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+RESIDENT_SHARE = 0.25  # of the GPU's free memory a resident training set may take
+
+
+def fits_on(images: Tensor, device: torch.device) -> bool:
+    """Whether `images` should live on `device`: a CUDA device with room to spare."""
+    if device.type != 'cuda':
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() <= RESIDENT_SHARE * free
 
 
 class BatchLoader:
@@ -21,11 +37,15 @@ class BatchLoader:
 
     All of an epoch's random draws (order, crop offsets, flips) are taken when iteration
     starts, so the generator state after `iter(loader)` does not depend on how many batches
-    the caller consumed -- a resumed run replays the same following epochs."""
+    the caller consumed -- a resumed run replays the same following epochs.
+
+    `resident`: keep the images and labels on `device` (None = when the device is a GPU and
+    they take at most RESIDENT_SHARE of its free memory)."""
 
     def __init__(self, data: tuple[Tensor, Tensor], batch_size: int, *, shuffle: bool,
                  augment: bool, pad: int | None = None, generator: torch.Generator | None = None,
-                 device: str | torch.device = 'cpu', drop_last: bool = False):
+                 device: str | torch.device = 'cpu', drop_last: bool = False,
+                 resident: bool | None = None):
         images, labels = data
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f'images must be uint8 (N,C,H,W), got {images.dtype} {tuple(images.shape)}')
@@ -42,6 +62,11 @@ class BatchLoader:
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
         self.generator = generator
         self.device = torch.device(device)
+        self.resident = fits_on(images, self.device) if resident is None else resident
+        if self.resident:
+            self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        # pinned batches copy asynchronously; pinning needs CUDA
+        self.pin = self.device.type == 'cuda' and not self.resident
 
     def __len__(self) -> int:
         n = self.images.shape[0]
@@ -61,13 +86,26 @@ class BatchLoader:
         if self.augment:  # one crop offset (pixels, in [0, 2*pad]) and one flip per image
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
             flips = torch.rand(n, generator=g) < 0.5
+        if self.augment:  # one copy per epoch, indexed on the device per batch
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+            on_device = idx.to(self.device)
+            x = self._take(self.images, idx, on_device)
             if self.augment:
-                x = _crop_flip(x, offsets[idx].to(self.device), flips[idx].to(self.device), self.pad)
-            y = self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
+                x = _crop_flip(x, offsets[on_device], flips[on_device], self.pad)
+            y = self._take(self.labels, idx, on_device)
             yield x.float().div_(255), y  # uint8 travels, float is made on the device
+
+    def _take(self, t: Tensor, idx: Tensor, on_device: Tensor) -> Tensor:
+        """t[idx] on the loader's device: a gather where t lives there, else a host gather and
+        a (pinned, non-blocking on CUDA) copy."""
+        if t.device == self.device:
+            return t[on_device]
+        part = t[idx.to(t.device)]
+        if self.pin:
+            part = part.pin_memory()
+        return part.to(self.device, non_blocking=self.pin)
 
 
 def _crop_flip(x: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:

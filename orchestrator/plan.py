@@ -1,0 +1,129 @@
+"""`--plan`: what an experiment will cost, printed before anything is trained or downloaded.
+
+Runs after the inputs are validated and before the teacher, the data or Ray: it needs neither
+the data on disk nor a teacher. Per method of the experiment it counts one real training step's
+FLOPs per image (smaraad/cost.py, on fake tensors of the data set's shape), multiplies by
+training images x epochs x trials, and turns the total into wall time on named GPUs at a stated
+utilisation; it measures one real fp32 step on this CPU (CPU_BATCH images, one attack step)
+and states the whole step's time at the FLOP rate measured.
+
+Counted: training steps only. Per-epoch validation (PGD on the held-out split) and the final
+evaluation (AutoAttack) come on top. A tune's total is an upper bound: ASHA stops trials early,
+and searched values that change the passes (alpha < 1 adds the clean terms) are counted at the
+paper's point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from orchestrator.common import Resolved
+from smaraad.config import preset_config
+from smaraad.cost import cpu_step_seconds, step_flops
+from smaraad.data import EMBEDDED_CLASSES, EMBEDDED_SIZE, EMBEDDED_TRAIN
+from smaraad.data.cifar import CIFAR
+
+UTILISATION = 0.40   # of the dense peak: what well-fed convolutional training typically sustains
+CPU_BATCH = 2        # images in the measured CPU step
+MEASURED_ATTACK_STEPS = 1  # the measured CPU step's attack: the whole attack of a WRN-34-10
+#                            teacher takes minutes on a laptop; its FLOP rate carries over
+CIFAR_TRAIN = 50_000  # training images of CIFAR-10 and of CIFAR-100 (validation split included)
+
+# Dense peaks in TFLOP/s (no structured sparsity), from NVIDIA's data sheets: H100 SXM5 (H100
+# Tensor Core GPU datasheet): FP32 67, TF32 tensor 494.7, BF16 tensor 989.4; A100 SXM4 (A100
+# datasheet): FP32 19.5, TF32 156, BF16 312; H200 SXM (H200 datasheet): the H100 SXM's compute
+# (FP32 67, TF32 494.7, BF16 989.4; it differs in memory: 141 GB HBM3e at 4.8 TB/s). "fp32" is the
+# CUDA cores' rate; PyTorch runs fp32 convolutions on TF32 tensor cores by default
+# (torch.backends.cudnn.allow_tf32 = True), so a fp32 run sits between the two columns.
+GPU_PEAKS = {
+    "H100 SXM": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
+    "A100 SXM": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0},
+    "H200 SXM": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
+}
+
+
+def train_images(cfg) -> int:
+    """Images one epoch trains on: the training set (capped by train_size) less validation,
+    as smaraad.data splits it."""
+    n = EMBEDDED_TRAIN if cfg.dataset == "embedded" else CIFAR_TRAIN
+    if cfg.train_size:
+        n = min(n, cfg.train_size)
+    val = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * n)
+    return n - val
+
+
+def shape(cfg) -> tuple[int, int]:
+    """(image side, classes) of the data set, known without its files."""
+    if cfg.dataset == "embedded":
+        return EMBEDDED_SIZE, EMBEDDED_CLASSES
+    return 32, CIFAR[cfg.dataset][2]
+
+
+def teacher_arch(cfg, path: str | None) -> str:
+    """The teacher a run will use: our checkpoint's own arch when --teacher names one, else the
+    architecture a teacher file is imported into (--teacher-arch)."""
+    if path:
+        from smaraad.models import CheckpointError, read_checkpoint
+        try:
+            return read_checkpoint(path)["arch"]
+        except (CheckpointError, KeyError, TypeError):
+            pass
+    return cfg.teacher
+
+
+def fmt_hours(seconds: float) -> str:
+    h = seconds / 3600
+    return f"{h:.3g} h" if h < 48 else f"{h / 24:.3g} d"
+
+
+def print_plan(args, r: Resolved, *, variants: list, runs_per_variant: int, label: str,
+               log=print) -> int:
+    """Print the plan of an experiment whose inputs `resolve` validated; return 0."""
+    configs = [preset_config({**r.base, **v}) for v in (variants or [{}])]
+    key = next(iter(variants[0]), None) if variants else None
+    trials = len(configs) * runs_per_variant
+    epochs = configs[0].epochs
+    first = configs[0]
+    size, classes = shape(first)
+    images = train_images(first)
+    teacher = teacher_arch(first, args.teacher)
+    log(f"plan: {label} on {first.dataset} ({images} training images per epoch, {size}x{size}, "
+        f"{classes} classes), student {first.student}, teacher {teacher}")
+    log(f"trials x epochs: {trials} x {epochs} = {trials * epochs} trial-epochs")
+    total, per_image = 0.0, {}
+    for cfg, v in zip(configs, variants or [{}]):
+        name = cfg.method if key in (None, "method") else f"{cfg.method}[{key}={v[key]}]"
+        flops = step_flops(cfg.method, cfg.student, teacher, num_classes=classes, image_size=size,
+                           steps=cfg.attack_steps, eps_255=cfg.eps_255, step_255=cfg.step_255,
+                           epochs=cfg.epochs, params=_params(cfg))
+        per_image[name] = flops
+        log(f"step FLOP per image: {name} {flops:.2e}")
+        total += flops * images * cfg.epochs * runs_per_variant
+    log(f"total: {total:.3g} FLOP (step FLOP per image x {images} images x {epochs} epochs x "
+        f"{runs_per_variant} run(s) of each of {len(configs)} configuration(s); training steps "
+        "only: validation and the final evaluation come on top)")
+    log(f"wall time at {UTILISATION:.0%} of the dense peak, one GPU, trials one after another:")
+    precisions = ("fp32", "tf32", "bf16")
+    log("  " + f"{'GPU':<10}" + "".join(f"{p:>12}" for p in precisions))
+    for gpu, peaks in GPU_PEAKS.items():
+        cells = [fmt_hours(total / (peaks[p] * 1e12 * UTILISATION)) for p in precisions]
+        log("  " + f"{gpu:<10}" + "".join(f"{c:>12}" for c in cells))
+    name = next(iter(per_image))
+    measured = min(first.attack_steps, MEASURED_ATTACK_STEPS)
+    kw = dict(num_classes=classes, image_size=size, steps=measured, eps_255=first.eps_255,
+              step_255=first.step_255, epochs=first.epochs, params=_params(first))
+    log(f"measuring one real fp32 step of {name} with {measured} attack step(s) on this CPU "
+        f"({CPU_BATCH} images, {torch.get_num_threads()} threads)...")
+    seconds = cpu_step_seconds(first.method, first.student, teacher, batch=CPU_BATCH, **kw)
+    rate = step_flops(first.method, first.student, teacher, **kw) * CPU_BATCH / seconds
+    full = per_image[name] * CPU_BATCH / rate
+    log(f"CPU step: {seconds:.3g} s measured ({rate / 1e9:.3g} GFLOP/s); the full step "
+        f"({first.attack_steps} attack steps) at that rate: {full:.3g} s for {CPU_BATCH} images, "
+        f"one epoch {fmt_hours(full / CPU_BATCH * images)}")
+    return 0
+
+
+def _params(cfg) -> dict:
+    return dataclasses.asdict(cfg.params)
