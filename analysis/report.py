@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 from analysis import figures, stats, tables
 from analysis.runs import RunsTable, load_runs
 from smaraad.cli import Parser, run
+from smaraad.paths import writable_dir
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
 CAM_IMAGES = 4  # test images in the CAM figure: enough to see a pattern, small enough to read
@@ -32,6 +33,7 @@ def report_experiment(experiment: str, *, tracking_uri: str | None = None, out: 
                       log: Callable[[str], None] = print, ci: str = "t") -> list[str]:
     """Write the report of `experiment` into `out`; return the paths written (UserError if the
     experiment cannot be read or has no finished trial)."""
+    writable_dir(out, "--out")  # before MLflow is read: a bad --out fails in a second
     runs = load_runs(experiment, tracking_uri)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

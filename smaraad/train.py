@@ -24,6 +24,7 @@ from smaraad.evaluation import check_attacks
 from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
+from smaraad.paths import existing_file, folder_or_absent, writable_dir
 from smaraad.trainer import fit, load_splits, training_precision
 
 FINAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw")
@@ -79,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.aa_n < 0:
         raise ConfigError(f"--aa-n: {args.aa_n}; must be >= 0 (0 = all of --eval-n)")
     out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
-    if args.teacher and not Path(args.teacher).is_file():
-        raise ConfigError(f"--teacher {args.teacher}: no such file")
+    writable_dir(out, "--out")
+    if args.teacher:
+        existing_file(args.teacher, "--teacher")
+    if args.data_root:
+        folder_or_absent(args.data_root, "--data-root")
     data = load_splits(cfg)  # fails early (missing CIFAR files) before anything is written
 
     resume = None
