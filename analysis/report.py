@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from analysis import figures, stats, tables
 from analysis.runs import RunsTable, load_runs
+from smaraad.attacks import from_255
 from smaraad.cli import Parser, run
 from smaraad.paths import writable_dir
 
@@ -97,7 +98,7 @@ def _ablation_outputs(runs: RunsTable, summary, folder: Path, log, ci: str) -> l
 def _tune_outputs(runs: RunsTable, folder: Path, log) -> list:
     metric, trials = runs.metric, runs.trials
     keys = runs.keys("search_keys")
-    importance = stats.param_importance(trials, keys, metric, runs.mode)
+    importance = stats.param_importance(trials, keys, metric, runs.mode, runs.search_space())
     if importance is None:
         log("no importance figure: it needs trials that differ both in a searched parameter "
             f"and in {metric}")
@@ -153,7 +154,7 @@ def _cams(runs: RunsTable, picks: list[tuple[str, str]], path: str, log) -> str 
             return None
     images = splits.test[0][:CAM_IMAGES].float() / 255  # uint8 -> [0, 1], the models' input
     return figures.cam_grid(teacher, students, images, splits.test[1][:CAM_IMAGES], path,
-                            eps=float(config.get("eps_255", 8.0)) / 255)
+                            eps=from_255(config.get("eps_255", 8.0)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

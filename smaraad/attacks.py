@@ -26,7 +26,9 @@ STARTS = ("uniform", "normal", "none")
 
 
 def from_255(value: float) -> float:
-    """Convert a budget in 1/255 units (8 -> 8/255) to [0, 1] units: the one place this happens."""
+    """Convert a budget in 1/255 units (8 -> 8/255) to [0, 1] units: every configured or
+    logged budget (eps_255, step_255) goes through here. The attacks' defaults below are the
+    literal 8 / 255 and 2 / 255."""
     return float(value) / 255.0
 
 

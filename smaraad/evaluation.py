@@ -1,11 +1,11 @@
 """Accuracy under attack, in batches, eval mode, no parameter gradients; the robustness suite.
 
 `accuracy` is the one function the trainer's per-epoch validation uses to turn (model, images,
-attack) into a fraction. `evaluate_suite` is the final evaluation the AD papers report
-(implementation-facts.md, "Evaluation conventions"): clean, FGSM, PGD-20, CW_inf and AutoAttack
-accuracy at eps 8/255, the CAM distance to a teacher on the student's PGD-20 examples, black-box
-transfer from a source model, and sanity flags (smaraad/sanity.py) for orderings a correct
-evaluation obeys.
+attack) into a fraction. `evaluate_suite` is the final evaluation the AD papers report: clean,
+FGSM (no random start), PGD-20 (step 2/255, random start), CW_inf (PGD-20 on the CW margin) and
+AutoAttack (standard) accuracy at eps 8/255, in eval mode, the CAM distance to a teacher on the
+student's PGD-20 examples, black-box transfer from a source model, and sanity flags
+(smaraad/sanity.py) for orderings a correct evaluation obeys.
 """
 
 from __future__ import annotations

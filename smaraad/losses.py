@@ -4,7 +4,7 @@ Slack matching (Eq. 2-5) and attribution-region alignment (Eq. 6-7) are written 
 per-sample functions on tensors. Methods (smaraad/methods/) weight and combine them; nothing in this
 file knows about models, attacks or configs.
 
-Two faults of the official code are avoided on purpose (implementation-facts.md):
+Two faults of the official code (InsLin/SmaraAD, one file) are avoided on purpose:
 - its soft ranks go through ``torch.tensor(list)``, which cuts the graph: L_sm gave no gradient.
   Ours is one vectorised autograd function over the class dimension, per sample;
 - its CAMs come from pytorch-grad-cam (numpy, not differentiable). Ours are computed in torch from
