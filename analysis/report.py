@@ -22,7 +22,9 @@ from typing import Callable, Sequence
 
 from analysis import figures, stats, tables
 from analysis.runs import RunsTable, load_runs
+from smaraad.attacks import from_255
 from smaraad.cli import Parser, run
+from smaraad.paths import writable_dir
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
 CAM_IMAGES = 4  # test images in the CAM figure: enough to see a pattern, small enough to read
@@ -32,6 +34,7 @@ def report_experiment(experiment: str, *, tracking_uri: str | None = None, out: 
                       log: Callable[[str], None] = print, ci: str = "t") -> list[str]:
     """Write the report of `experiment` into `out`; return the paths written (UserError if the
     experiment cannot be read or has no finished trial)."""
+    writable_dir(out, "--out")  # before MLflow is read: a bad --out fails in a second
     runs = load_runs(experiment, tracking_uri)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +98,7 @@ def _ablation_outputs(runs: RunsTable, summary, folder: Path, log, ci: str) -> l
 def _tune_outputs(runs: RunsTable, folder: Path, log) -> list:
     metric, trials = runs.metric, runs.trials
     keys = runs.keys("search_keys")
-    importance = stats.param_importance(trials, keys, metric, runs.mode)
+    importance = stats.param_importance(trials, keys, metric, runs.mode, runs.search_space())
     if importance is None:
         log("no importance figure: it needs trials that differ both in a searched parameter "
             f"and in {metric}")
@@ -151,7 +154,7 @@ def _cams(runs: RunsTable, picks: list[tuple[str, str]], path: str, log) -> str 
             return None
     images = splits.test[0][:CAM_IMAGES].float() / 255  # uint8 -> [0, 1], the models' input
     return figures.cam_grid(teacher, students, images, splits.test[1][:CAM_IMAGES], path,
-                            eps=float(config.get("eps_255", 8.0)) / 255)
+                            eps=from_255(config.get("eps_255", 8.0)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -102,6 +103,15 @@ class RunsTable:
     def mode(self) -> str:
         return self.parent_tags.get("smaraad.mode", "max")
 
+    def search_space(self) -> dict:
+        """The tune space's distributions, {key: {distribution, low, high, values}}, from the
+        parent's `smaraad.search_space` tag ({} for a grid, or a run logged before the tag)."""
+        try:
+            space = json.loads(self.parent_tags.get("smaraad.search_space") or "{}")
+        except json.JSONDecodeError:
+            return {}
+        return space if isinstance(space, dict) else {}
+
     def keys(self, tag: str) -> list[str]:
         """A comma-list tag of the parent (search_keys, grid_keys, objectives) as a list."""
         return [k for k in self.parent_tags.get(f"smaraad.{tag}", "").split(",") if k]
@@ -175,8 +185,10 @@ def _defaults(method: str) -> dict[str, str]:
     """The method's default config, serialised the way trainables/tracking.py logs params."""
     from smaraad.config import TrainConfig
     try:
-        flat = TrainConfig(method=method).to_flat()
+        flat = TrainConfig.from_flat({"method": method}).to_flat()
     except UserError:  # a method this checkout no longer knows: keep what was logged
+        warnings.warn(f"method {method!r} of a logged trial is unknown to this checkout: its "
+                      "row holds only the params it logged, not its defaults", stacklevel=2)
         return {}
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items()}
 

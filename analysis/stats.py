@@ -106,16 +106,16 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
                     dtype=bool)
 
 
-def param_importance(trials: pd.DataFrame, keys: list[str], metric: str,
-                     mode: str) -> dict[str, float] | None:
+def param_importance(trials: pd.DataFrame, keys: list[str], metric: str, mode: str,
+                     space: dict | None = None) -> dict[str, float] | None:
     """fANOVA importance of the searched hyperparameters for `metric`, or None when there is
     nothing to attribute (fewer than 2 trials with the metric, no parameter that varied, or a
     metric that did not vary: fANOVA divides by its variance).
 
     The trials are rebuilt as an in-memory Optuna study. Every trial that reported the metric
-    counts, ASHA-stopped ones with their truncated value: that is what the sampler saw too. The
-    search space's distributions are not logged, so a positive range spanning two or more decades
-    is taken as log-uniform (the spaces' loguniform keys, e.g. gamma in [0.1, 3000]).
+    counts, ASHA-stopped ones with their truncated value: that is what the sampler saw too.
+    `space` is the search space as the parent run's `smaraad.search_space` tag holds it
+    (RunsTable.search_space); see `distributions` for how it is used.
     """
     import optuna
 
@@ -127,13 +127,7 @@ def param_importance(trials: pd.DataFrame, keys: list[str], metric: str,
               if f"params.{k}" in done.columns and done[f"params.{k}"].nunique() > 1}
     if done[column].nunique() < 2 or not values or any(None in v for v in values.values()):
         return None
-    dists = {}
-    for k, v in values.items():
-        if all(isinstance(x, float) for x in v):
-            lo, hi = min(v), max(v)
-            dists[k] = optuna.distributions.FloatDistribution(lo, hi, log=lo > 0 and hi >= 100 * lo)
-        else:
-            dists[k] = optuna.distributions.CategoricalDistribution(sorted({str(x) for x in v}))
+    dists = distributions(values, space or {})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for i, value in enumerate(done[column]):
@@ -144,6 +138,33 @@ def param_importance(trials: pd.DataFrame, keys: list[str], metric: str,
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     found = optuna.importance.get_param_importances(study, evaluator=evaluator)
     return {k: float(v) for k, v in found.items()}
+
+
+def distributions(values: dict[str, list], space: dict) -> dict:
+    """Optuna distributions of the observed parameter `values` (key -> one value per trial).
+
+    A numeric key the search space declares (uniform, loguniform, int) gets its declared range
+    and scale, widened to hold every observed value (the paper's point, evaluated first, may lie
+    outside); fANOVA integrates over that range, so it matters. Without the declaration (a run
+    logged before the tag existed) a positive range spanning two decades or more is taken as
+    log-uniform. Anything non-numeric is categorical over the observed values.
+    """
+    import optuna
+
+    out = {}
+    for k, v in values.items():
+        if not all(isinstance(x, float) for x in v):
+            out[k] = optuna.distributions.CategoricalDistribution(sorted({str(x) for x in v}))
+            continue
+        declared = space.get(k) or {}
+        if declared.get("distribution") in ("uniform", "loguniform", "int"):
+            lo, hi = min(declared["low"], *v), max(declared["high"], *v)
+            log = declared["distribution"] == "loguniform"
+        else:
+            lo, hi = min(v), max(v)
+            log = lo > 0 and hi >= 100 * lo
+        out[k] = optuna.distributions.FloatDistribution(float(lo), float(hi), log=log)
+    return out
 
 
 def _number(text):

@@ -23,6 +23,7 @@ from smaraad.cli import Parser, UsageError
 from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
 from smaraad.methods import METHODS
 from smaraad.options import add_run_options, check_teacher, run_options
+from smaraad.paths import folder_or_absent, writable_dir, writable_file
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
@@ -110,6 +111,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     storage = str(Path(args.storage_path).resolve())
     name = args.name or (latest(storage, space_name) if args.resume else None) \
         or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_paths(args, name)
     exp_dir = Path(storage) / name
     from trainables.experiment import can_resume
     if args.resume and not can_resume(str(exp_dir)):
@@ -122,6 +124,17 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     return Resolved(base, base_cfg, opts.attacks, eval_n, aa_n, uri, storage, name, args.resume,
                     teacher_epochs, download=opts.download, teacher=teacher,
                     teacher_dir=opts.teacher_dir)
+
+
+def check_paths(args, name: str) -> None:
+    """Every path a tune or ablate run reads or writes, before Ray starts or a file appears:
+    the storage folder, the data root and the report folder (the tracking URI's
+    database in `check_tracking_uri`)."""
+    writable_dir(args.storage_path, "--storage-path")
+    if args.data_root:
+        folder_or_absent(args.data_root, "--data-root")
+    if not args.no_report:
+        writable_dir(Path("reports", name), "the report folder (or pass --no-report)")
 
 
 def latest(storage: str, space_name: str) -> str | None:
@@ -139,9 +152,7 @@ def check_tracking_uri(uri: str) -> None:
         from trainables.tracking import env_for_remote
         env_for_remote(uri)
     elif parsed.scheme == "sqlite":
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise UsageError(f"--tracking-uri {uri}: folder {folder} does not exist")
+        writable_file(uri[len("sqlite:///"):], "--tracking-uri", parent_must_exist=True)
     elif parsed.scheme not in ("file", "postgresql", "mysql", "databricks") and parsed.scheme:
         raise UsageError(f"--tracking-uri {uri}: unsupported scheme {parsed.scheme!r}; allowed: "
                          "sqlite:///PATH, http(s)://HOST:PORT, postgresql://, mysql://")

@@ -20,11 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smaraad.losses import at_least_fp32
+
 STARTS = ("uniform", "normal", "none")
 
 
 def from_255(value: float) -> float:
-    """Convert a budget in 1/255 units (8 -> 8/255) to [0, 1] units: the one place this happens."""
+    """Convert a budget in 1/255 units (8 -> 8/255) to [0, 1] units: every configured or
+    logged budget (eps_255, step_255) goes through here. The attacks' defaults below are the
+    literal 8 / 255 and 2 / 255."""
     return float(value) / 255.0
 
 
@@ -79,7 +83,7 @@ def perturb(loss_fn: Callable[[Tensor], Tensor], x: Tensor, *, eps: float, step:
 
 
 def ce_loss(model: nn.Module, y: Tensor) -> Callable[[Tensor], Tensor]:
-    return lambda xa: F.cross_entropy(model(xa).float(), y, reduction="sum")
+    return lambda xa: F.cross_entropy(at_least_fp32(model(xa)), y, reduction="sum")
 
 
 def cw_loss(model: nn.Module, y: Tensor, kappa: float = 0.0) -> Callable[[Tensor], Tensor]:
@@ -90,7 +94,7 @@ def cw_loss(model: nn.Module, y: Tensor, kappa: float = 0.0) -> Callable[[Tensor
     classified image always has a gradient (a floor at -kappa would zero exactly those).
     """
     def loss(xa: Tensor) -> Tensor:
-        z = model(xa).float()
+        z = at_least_fp32(model(xa))
         z_y = z.gather(1, y[:, None]).squeeze(1)
         z_other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(dim=1)
         return (z_other - z_y).clamp(max=kappa).sum()

@@ -3,8 +3,8 @@
 Threat model: L_inf, eps 8/255 on images in [0, 1]. Version "standard" (the number every AD paper
 reports) runs APGD-CE (100 iterations), APGD-T (9 target classes x 100 iterations), FAB-T
 (9 targets) and Square (5000 queries), each sub-attack only on the images still correctly
-classified. Not torchattacks' AutoAttack: it runs 10 iterations instead of 100
-(implementation-facts.md, "Evaluation conventions").
+classified. Not torchattacks' AutoAttack: it runs 10 iterations instead of 100, so its numbers
+are not the ones the papers report.
 
 `autoattack(model, x, y)` has the same shape as every attack in smaraad/attacks.py, so it plugs
 into `evaluation.accuracy` as an Attack. Like them it puts the model in eval mode and restores the

@@ -26,6 +26,7 @@ from smaraad import metrics
 from smaraad.evaluation import CAM_CLASSES, check_attacks, evaluate_suite
 from smaraad.io import save_json
 from smaraad.models import CheckpointError, load_checkpoint, read_checkpoint
+from smaraad.paths import folder_or_absent, writable_file
 from smaraad.sanity import SanityWarning
 
 AUTO = "auto"  # --teacher default: the teacher named in the checkpoint's config, if any
@@ -74,8 +75,8 @@ def aa_choice(text: str) -> tuple[str, list[str] | None]:
 def _load(path: str, what: str):
     try:
         return load_checkpoint(path)
-    except CheckpointError as err:  # not a UserError subclass: make it one line, exit 2
-        raise UserError(f"{what}: {err}") from None
+    except CheckpointError as err:  # a UserError already; the prefix says which of three files
+        raise CheckpointError(f"{what}: {err}") from None
 
 
 DATA_KEYS = ("data_root", "train_size", "val_size", "split_seed")  # what places the split
@@ -85,16 +86,12 @@ def _splits(dataset: str, config: dict, data_root: str | None):
     """The data split the way the trainer held it out: `load_splits` on the checkpoint config's
     data keys (train_size, val_size, split_seed; the preset's where the config lacks them), so
     --split val is its validation set and never overlaps its training images."""
-    from smaraad.data import DataError  # CIFAR loading pulls in torchvision: lazily
-    from smaraad.trainer import load_splits
+    from smaraad.trainer import load_splits  # CIFAR loading pulls in torchvision: lazily
 
     keys = {k: config[k] for k in DATA_KEYS if config.get(k) not in (None, "")}
     if data_root:
         keys["data_root"] = data_root
-    try:
-        return load_splits(preset_config({**keys, "dataset": dataset}))
-    except DataError as err:  # a ValueError, not a UserError: make it one line, exit 2
-        raise UserError(str(err)) from None
+    return load_splits(preset_config({**keys, "dataset": dataset}))  # DataError: a UserError
 
 
 def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "test",
@@ -128,11 +125,8 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
                                                         f"allowed: {', '.join(CAM_CLASSES)}")):
         if bad:
             raise UsageError(message)
-    try:
-        raw = read_checkpoint(path)
-        config = raw.get("config") or {}
-    except CheckpointError as err:
-        raise UserError(str(err)) from None
+    raw = read_checkpoint(path)  # CheckpointError, a UserError: one line, exit 2
+    config = raw.get("config") or {}
     dataset = dataset or config.get("dataset", "embedded")
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
@@ -184,8 +178,17 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def check_paths(args) -> None:
+    """--out and --data-root before anything runs (an --out that cannot be written would
+    otherwise fail after the whole evaluation); the checkpoint loader checks the three models."""
+    writable_file(args.out, "--out")
+    if args.data_root:
+        folder_or_absent(args.data_root, "--data-root")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    check_paths(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SanityWarning)  # the table below lists every flag
         result = evaluate_checkpoint(

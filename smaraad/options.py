@@ -11,7 +11,6 @@ AutoAttack subset) and `--download`. Each command adds only what is its own (tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from smaraad import metrics
@@ -98,9 +97,10 @@ def check_teacher(spec: str | None, dataset: str, teacher_dir: str | None,
                   download: bool) -> None:
     """--teacher before anything starts: a robustbench:NAME (its name, data set and weights file,
     or --download) or a checkpoint file. UsageError/ZooError name what is wrong."""
+    from smaraad.paths import existing_file
     from smaraad.robustbench_teachers import check as check_zoo, is_zoo_spec
 
     if is_zoo_spec(spec):
         check_zoo(spec, dataset, teacher_dir, download)
-    elif spec and not Path(spec).is_file():
-        raise UsageError(f"--teacher {spec}: no such file")
+    elif spec:
+        existing_file(spec, "--teacher")

@@ -25,6 +25,7 @@ from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
 from smaraad.options import RunOptions, add_run_options, check_teacher, run_options
+from smaraad.paths import folder_or_absent, writable_dir
 from smaraad.trainer import fit, load_splits, training_precision
 
 
@@ -56,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, opts = options_from_args(args)
     attacks, eval_n, aa_n = opts.attacks, opts.eval_n or 0, opts.aa_n or 0
     out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
+    writable_dir(out, "--out")
     check_teacher(opts.teacher, cfg.dataset, opts.teacher_dir, opts.download)
+    if args.data_root:
+        folder_or_absent(args.data_root, "--data-root")
     data = load_splits(cfg)  # fails early (missing CIFAR files) before anything is written
 
     resume = None

@@ -20,6 +20,7 @@ import torch
 from ray import tune
 
 from smaraad import metrics
+from smaraad.attacks import from_255
 from smaraad.config import TrainConfig, preset_config
 from smaraad.data import Splits
 from smaraad.evaluation import evaluate_suite
@@ -124,7 +125,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         final = evaluate_suite(model, setup.data.test, attacks=setup.eval_attacks,
                                n=setup.eval_n, aa_n=setup.aa_n, device=device, seed=cfg.seed,
                                teacher=teacher.to(device) if teacher is not None else None,
-                               eps=cfg.eps_255 / 255.0)
+                               eps=from_255(cfg.eps_255))
         flags = final.pop("flags", [])
         scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         run.log_metrics(scalars, step=cfg.epochs)
