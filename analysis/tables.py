@@ -19,6 +19,9 @@ ATTACKS = (
     ("test/cw_acc", "CW-inf", True),
     ("test/aa_acc", "AA", True),
     ("test/cam_dist", "CAM dist.", False),  # attribution distance to the teacher: lower is better
+    # black-box transfer from --transfer-from (the paper's Table 5): examples made on the source
+    ("test/transfer_pgd20_acc", "Transfer PGD-20", True),
+    ("test/transfer_cw_acc", "Transfer CW", True),
 )
 
 

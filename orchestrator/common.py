@@ -39,6 +39,12 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--teacher-epochs", type=int, help="epochs of a teacher trained here")
     p.add_argument("--teacher-method", default="pgd_at", help="how that teacher is trained: "
                    "pgd_at (default) or trades")
+    p.add_argument("--teacher-aa-n", type=int, help="validation images each teacher's own "
+                   f"AutoAttack accuracy is measured on (0 = none; default: the space's, else "
+                   f"{EMBEDDED_AA_N}; 16 with --smoke-test)")
+    p.add_argument("--transfer-from", metavar="teacher|PATH", help="black-box transfer in the "
+                   "final evaluation: PGD-20 and CW examples made on the trial's teacher or on "
+                   "this checkpoint (test/transfer_pgd20_acc, test/transfer_cw_acc)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config key for every trial (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seeds the search and the trials")

@@ -6,7 +6,7 @@ import math
 import statistics
 
 FINAL = ("test/clean_acc", "test/fgsm_acc", "test/pgd20_acc", "test/cw_acc", "test/aa_acc",
-         "test/cam_dist")
+         "test/cam_dist", "test/transfer_pgd20_acc", "test/transfer_cw_acc")
 
 
 def fmt(v) -> str:
