@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, plan = execute(args, space, r, kind="ablate", variants=variants, seeds=seeds,
                          num_samples=1)
     print()
-    print(summary.trials_table(rows, [key, "seed"], space.metric))
+    print(summary.trials_table(rows, [*space.grid, "seed"], space.metric))
     print(f"\nmean +- std over seeds ({len(seeds)}), test split:")
     print(summary.by_variant(rows, key))
     if TEACHER_KEY in space.grid and key != TEACHER_KEY:

@@ -40,8 +40,8 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--teacher-method", default="pgd_at", help="how that teacher is trained: "
                    "pgd_at (default) or trades")
     p.add_argument("--teacher-aa-n", type=int, help="validation images each teacher's own "
-                   f"AutoAttack accuracy is measured on (0 = none; default: the space's, else "
-                   f"{EMBEDDED_AA_N}; 16 with --smoke-test)")
+                   "AutoAttack accuracy is measured on (0 = none; default: the space's, else 0; "
+                   "at most 8 with --smoke-test)")
     p.add_argument("--transfer-from", metavar="teacher|PATH", help="black-box transfer in the "
                    "final evaluation: PGD-20 and CW examples made on the trial's teacher or on "
                    "this checkpoint (test/transfer_pgd20_acc, test/transfer_cw_acc)")

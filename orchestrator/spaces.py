@@ -131,8 +131,7 @@ def _validate(name: str, raw: dict) -> Space:
         if not isinstance(search, dict) or not search:
             raise ConfigError("search: a tune space needs at least one parameter to search")
         kw["search"] = {k: _dist(k, v) for k, v in search.items()}
-        _check_teacher_key(kw["teachers"] if "teachers" in kw else {}, kw["search"].get(TEACHER_KEY),
-                           "search")
+        _check_teacher_key(kw.get("teachers", {}), kw["search"].get(TEACHER_KEY), "search")
         _check_known(base, {k: d for k, d in kw["search"].items()
                             if not (k == TEACHER_KEY and kw.get("teachers"))})
         asha = raw.get("asha") or {}

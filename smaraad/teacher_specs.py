@@ -50,7 +50,7 @@ class TeacherSpec:
 
     @property
     def label(self) -> str:
-        """Short, stable and readable: the recipe's method and the keys it sets, in a fixed order."""
+        """Short, stable, readable: the recipe's method and the keys it sets, in a fixed order."""
         if self.kind == "robustbench":
             return "rb:" + self.path[len(ROBUSTBENCH):]
         if self.kind == "path":
@@ -79,7 +79,8 @@ def _num(v) -> str:
 
 
 def parse_teacher(name: str, raw: Any) -> TeacherSpec:
-    """One spec from YAML or the command line; ConfigError naming what is wrong and what is allowed."""
+    """One spec from YAML or the command line; ConfigError naming what is wrong and what is
+    allowed."""
     if not isinstance(name, str) or not NAME.match(name):
         raise ConfigError(f"teachers: name {name!r}; allowed: letters, digits, '_', '.', '-' "
                           "(starting with a letter or digit)")
@@ -94,14 +95,16 @@ def parse_teacher(name: str, raw: Any) -> TeacherSpec:
         return TeacherSpec(name, "path", path=raw)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"teachers.{name}: {raw!r}; expected a checkpoint path, "
-                          f"robustbench:NAME or a recipe mapping with keys {', '.join(RECIPE_KEYS)}")
+                          "robustbench:NAME or a recipe mapping with keys "
+                          f"{', '.join(RECIPE_KEYS)}")
     unknown = sorted(set(raw) - set(RECIPE_KEYS))
     if unknown:
         raise ConfigError(f"teachers.{name}: unknown key {unknown[0]!r}; allowed: "
                           f"{', '.join(RECIPE_KEYS)}")
     method = raw.get("method", "pgd_at")
     if method not in TEACHER_METHODS:
-        raise ConfigError(f"teachers.{name}.method: {method!r}; allowed: {', '.join(TEACHER_METHODS)}")
+        raise ConfigError(f"teachers.{name}.method: {method!r}; allowed: "
+                          f"{', '.join(TEACHER_METHODS)}")
     for key in ("epochs", "attack_steps", "seed"):
         v = raw.get(key, 1)
         if isinstance(v, bool) or not isinstance(v, int):
@@ -164,7 +167,8 @@ def teacher_metrics(teacher: Teacher, val, *, eps_255: float, n: int = 0, aa_n: 
                        aa_n=aa_n, device=device, seed=0, prefix="val/", check_masking=False)
     out = {"teacher/val_clean_acc": r["val/clean_acc"], "teacher/val_pgd_acc": r["val/pgd20_acc"]}
     if aa_n:
-        out.update({"teacher/val_aa_acc": r["val/aa_acc"], "teacher/val_aa_n": r.get("aa/n", r["n"])})
+        out.update({"teacher/val_aa_acc": r["val/aa_acc"],
+                    "teacher/val_aa_n": r.get("aa/n", r["n"])})
     if key:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(json.dumps(out))

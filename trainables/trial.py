@@ -30,7 +30,8 @@ from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
 TEACHER_KEY = "teacher"  # the grid/search key naming a teacher (orchestrator.spaces)
-TRANSFER = {"blackbox/pgd20_acc": "test/transfer_pgd20_acc", "blackbox/cw_acc": "test/transfer_cw_acc"}
+TRANSFER = {"blackbox/pgd20_acc": "test/transfer_pgd20_acc",  # evaluate_suite's names ->
+            "blackbox/cw_acc": "test/transfer_cw_acc"}         # the trial's (Table 5)
 COMPLETED = "completed"  # set in the report that follows the final evaluation
 
 
