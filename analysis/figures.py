@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis.stats import pareto_mask  # noqa: E402
+from analysis.stats import interval, pareto_mask  # noqa: E402
+from analysis.teachers import STUDENT_Y, TEACHER_X, slope, varies  # noqa: E402
 from smaraad import metrics  # noqa: E402
 
 DPI = 120
@@ -76,19 +77,45 @@ def ablation_bars(summary: pd.DataFrame, by: str, path: str, *, title: str) -> s
 
 
 def student_vs_teacher(trials: pd.DataFrame, by: str, path: str) -> str | None:
-    """Figure 1: student test PGD-20 accuracy against its teacher's validation PGD accuracy."""
-    x, y = "metrics.teacher/val_pgd_acc", f"metrics.{metrics.REGISTRY['pgd20'].key()}"
-    if x not in trials.columns or y not in trials.columns or trials[x].nunique() < 2:
+    """Figure 1: student test PGD-20 (and AutoAttack, where logged) accuracy against its teacher's
+    validation PGD accuracy, one line per method; points are the mean over seeds with their 95%
+    t-interval, dashed lines the least-squares fit whose slope analysis/teachers.py tabulates."""
+    panels = [(m, t) for m, t in STUDENT_Y if f"metrics.{m}" in trials.columns
+              and trials[f"metrics.{m}"].notna().any()]
+    if not varies(trials) or not panels:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for v, group in trials.groupby(by, sort=False):
-        points = group.groupby(x)[y].agg(["mean", "std"]).reset_index()
-        ax.errorbar(points[x] * 100, points["mean"] * 100, yerr=points["std"].fillna(0) * 100,
-                    marker="o", capsize=3, label=str(v))
-    ax.set(xlabel="teacher val PGD accuracy (%)", ylabel="student test PGD-20 accuracy (%)",
-           title="Does a more robust teacher give a more robust student?")
-    ax.legend(title=by, fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (metric, title) in zip(axes[0], panels):
+        y = f"metrics.{metric}"
+        for i, (v, group) in enumerate(trials.groupby(by, sort=False)):
+            pts = group[[TEACHER_X, y]].dropna().astype(float)
+            if pts.empty:
+                continue
+            per = pts.groupby(TEACHER_X)[y].agg(list)
+            means = np.array([np.mean(ys) for ys in per])
+            half = np.array([_half_width(ys) for ys in per])
+            ax.errorbar(per.index * 100, means * 100, yerr=half * 100, marker="o", capsize=3,
+                        color=f"C{i}", label=str(v))
+            fit = slope(pts[TEACHER_X].to_numpy(), pts[y].to_numpy())
+            if not np.isnan(fit["slope"]):
+                xs = np.array([per.index.min(), per.index.max()])
+                ax.plot(xs * 100, (fit["intercept"] + fit["slope"] * xs) * 100, "--",
+                        color=f"C{i}", alpha=0.6)
+        ax.set(xlabel="teacher val PGD-20 accuracy (%)",
+               ylabel=f"student test {title} accuracy (%)",
+               title=f"Student {title} vs teacher robustness")
+        ax.legend(title=by, fontsize=8)
+    fig.suptitle("Does a more robust teacher give a more robust student? (mean, 95% CI over "
+                 "seeds; dashed: least squares)", fontsize=10)
     return _save(fig, path)
+
+
+def _half_width(ys: list) -> float:
+    """Half the 95% t-interval of the mean over seeds; 0 for a single seed (no bar)."""
+    if len(ys) < 2:
+        return 0.0
+    lo, hi = interval(np.asarray(ys, dtype=float))
+    return (hi - lo) / 2
 
 
 def cam_grid(teacher, students: list[tuple[str, object]], images, labels, path: str, *,

@@ -5,8 +5,9 @@ output the experiment supports into --out, prints the main table, and logs the f
 artifacts of the parent run under `report/`, so they sit beside the runs in the MLflow UI.
 
     ablation (kind ablate): table.{md,csv,tex}, stats.{md,csv} (paired differences against
-      sm_align or smaraad), fig4_ablation.png, fig1_student_vs_teacher.png (several teachers
-      only), fig2_cams.png (teacher artifact logged)
+      sm_align or smaraad), fig4_ablation.png, fig2_cams.png (teacher artifact logged); with
+      several teachers also fig1_student_vs_teacher.png, teacher_slopes.{md,csv} (each method's
+      slope of student on teacher robustness, 95% CI) and table_by_teacher.md
     tuning (kind tune): table.{md,csv,tex} (one row per finished trial), tune_history.png,
       tune_importance.png (>= 2 trials, a varying parameter), tune_asha_curves.png,
       tune_pareto.png, fig2_cams.png (the best trial's student)
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from analysis import figures, stats, tables
+from analysis import figures, stats, tables, teachers
 from analysis.runs import RunsTable, load_runs
 from smaraad.attacks import from_255
 from smaraad.cli import Parser, run
@@ -92,7 +93,26 @@ def _ablation_outputs(runs: RunsTable, summary, folder: Path, log, ci: str) -> l
     fig1 = figures.student_vs_teacher(done, "variant", str(folder / "fig1_student_vs_teacher.png"))
     if fig1 is None:
         log("no student-vs-teacher figure: every trial distilled from the same teacher")
-    return out + [fig1]
+        return out
+    return out + [fig1] + _teacher_outputs(done, folder, log)
+
+
+def _teacher_outputs(done, folder: Path, log) -> list:
+    """The paper's teacher claim as numbers, and the table split by teacher."""
+    out = []
+    slopes = teachers.slopes(done)
+    if len(slopes):
+        text = teachers.to_markdown(slopes)
+        out.append(_write(folder / "teacher_slopes.md", text))
+        slopes.to_csv(folder / "teacher_slopes.csv", index=False, float_format="%.6g")
+        out.append(str(folder / "teacher_slopes.csv"))
+        log("student robustness vs teacher robustness, slope per method:")
+        log(text)
+    if "params.teacher" in done.columns and done["params.teacher"].nunique() > 1:
+        by = ["variant", "params.teacher"]
+        out.append(_write(folder / "table_by_teacher.md",
+                          tables.to_markdown(tables.summarize(done, by), by)))
+    return out
 
 
 def _tune_outputs(runs: RunsTable, folder: Path, log) -> list:

@@ -35,6 +35,12 @@ def common_parser(prog: str, description: str) -> Parser:
     add_run_options(p, attacks=metrics.default_attacks(),
                     eval_n_default=f"all; {SMOKE['eval_n']} with --smoke-test",
                     aa_n_default=f"all; {EMBEDDED_AA_N} on the embedded data")
+    p.add_argument("--teacher-aa-n", type=int, help="validation images each teacher's own "
+                   "AutoAttack accuracy is measured on (0 = none; default: the space's, else 0; "
+                   "at most 8 with --smoke-test)")
+    p.add_argument("--transfer-from", metavar="teacher|PATH", help="black-box transfer in the "
+                   "final evaluation: PGD-20 and CW examples made on the trial's teacher or on "
+                   "this checkpoint (test/transfer_pgd20_acc, test/transfer_cw_acc)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
     p.add_argument("--storage-path", default="ray_results", help="Ray Tune storage folder "
                    "(shared by all nodes on a cluster)")

@@ -5,6 +5,13 @@ A space is either `kind: tune` (distributions searched by Optuna, early-stopped 
 method comparisons). Every parameter must be one the trainer knows for the space's method(s), every
 range must be non-empty, and the paper's value of each searched parameter must lie inside its range,
 because it is the first point evaluated.
+
+A space may name its teachers (`teachers:`, name -> spec: a recipe mapping, a checkpoint path or
+robustbench:NAME; smaraad/teacher_specs.py) and vary them like any parameter: the grid (or a
+`choice` search) key `teacher` takes those names. It then means the teacher a trial distils from,
+not the config's teacher architecture (which becomes that teacher's). `teacher_aa_n` sets on how
+many validation images each teacher's own AutoAttack accuracy is measured (0 = none); `eval_n`
+and `aa_n` size each trial's final evaluation where the command line does not (--eval-n, --aa-n).
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ from typing import Any
 from smaraad import metrics
 from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping
 from smaraad.robustbench_teachers import is_zoo_spec
+from smaraad.teacher_specs import parse_teachers
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_KEYS = {"description", "kind", "metric", "mode", "base", "search", "grid", "seeds", "asha",
-            "num_samples"}
+            "num_samples", "teachers", "teacher_aa_n", "eval_n", "aa_n"}
+TEACHER_KEY = "teacher"  # in a space with `teachers:`, the grid/search key naming one of them
 METRICS = tuple(metrics.VALIDATION)  # what a space can optimise: the trainer's validation metrics
 
 
@@ -58,6 +67,10 @@ class Space:
     reduction_factor: float = 2.0
     num_samples: int = 8
     teacher: str | None = None      # base's `teacher: robustbench:NAME`, a model-zoo teacher
+    teachers: dict = field(default_factory=dict)  # name -> TeacherSpec, in the file's order
+    teacher_aa_n: int | None = None               # None: the command's default
+    eval_n: int | None = None        # test images per trial's final evaluation (None: the
+    aa_n: int | None = None          # command's default), and AutoAttack's share of them
 
     @property
     def variants(self) -> list[dict]:
@@ -68,6 +81,8 @@ class Space:
     def paper_point(self) -> dict:
         """The paper's value of each searched parameter: Optuna's first point."""
         flat = TrainConfig.from_flat({"method": self.base.get("method", TrainConfig.method)}).to_flat()
+        if self.teachers:  # no paper value for a teacher name: the space's first teacher
+            flat[TEACHER_KEY] = next(iter(self.teachers))
         return {k: flat[k] for k in self.search}
 
 
@@ -110,12 +125,22 @@ def _validate(name: str, raw: dict) -> Space:
     kw: dict[str, Any] = dict(name=name, kind=kind, metric=metric, mode=mode, base=base,
                               teacher=teacher if is_zoo_spec(teacher) else None,
                               description=str(raw.get("description", "")))
+    if "teachers" in raw:
+        kw["teachers"] = parse_teachers(raw["teachers"])
+    for key in ("teacher_aa_n", "eval_n", "aa_n"):  # 0: no teacher AA; all images; all of eval_n
+        if key in raw:
+            n = raw[key]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ConfigError(f"{key}: {n!r}; allowed: a whole number >= 0")
+            kw[key] = n
     if kind == "tune":
         search = raw.get("search")
         if not isinstance(search, dict) or not search:
             raise ConfigError("search: a tune space needs at least one parameter to search")
         kw["search"] = {k: _dist(k, v) for k, v in search.items()}
-        _check_known(base, kw["search"])
+        _check_teacher_key(kw.get("teachers", {}), kw["search"].get(TEACHER_KEY), "search")
+        _check_known(base, {k: d for k, d in kw["search"].items()
+                            if not (k == TEACHER_KEY and kw.get("teachers"))})
         asha = raw.get("asha") or {}
         bad = set(asha) - {"grace_period", "reduction_factor"}
         if bad:
@@ -139,10 +164,34 @@ def _validate(name: str, raw: dict) -> Space:
     if not isinstance(seeds, list) or not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ConfigError(f"seeds: {seeds!r}; allowed: a non-empty list of whole numbers >= 0")
+    teachers = kw.get("teachers", {})
+    _check_teacher_key(teachers, grid.get(TEACHER_KEY), "grid")
     space = Space(**kw, grid=grid, seeds=tuple(seeds))
     for variant in space.variants:  # every combination must make a valid config
-        TrainConfig.from_flat({**base, **variant})
+        TrainConfig.from_flat({k: v for k, v in {**base, **variant}.items()
+                               if not (k == TEACHER_KEY and teachers)})
     return space
+
+
+def _check_teacher_key(teachers: dict, values, where: str) -> None:
+    """With `teachers:`, the key `teacher` must name them; several teachers must be varied."""
+    if not teachers:
+        return
+    if values is None:
+        if len(teachers) > 1:
+            raise ConfigError(f"teachers: {len(teachers)} teachers but the {where} has no key "
+                              f"{TEACHER_KEY!r} naming them; add {TEACHER_KEY}: "
+                              f"[{', '.join(teachers)}] or keep one teacher")
+        return
+    if isinstance(values, Dist):
+        if values.distribution != "choice":
+            raise ConfigError(f"search.{TEACHER_KEY}: distribution {values.distribution!r}; "
+                              "a teacher is searched with choice over the teachers' names")
+        values = list(values.values)
+    unknown = [v for v in values if v not in teachers]
+    if unknown:
+        raise ConfigError(f"{where}.{TEACHER_KEY}: unknown teacher {unknown[0]!r}; allowed: "
+                          f"{', '.join(teachers)}")
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -125,8 +125,27 @@ def blackbox_names() -> tuple[str, ...]:
     return tuple(m.name for m in REGISTRY.values() if m.blackbox)
 
 
+def transfer(m: Metric) -> Metric:
+    """The black-box transfer form of `m` (the paper's Table 5): its examples made on a source
+    model (a trial's teacher, or a checkpoint), scored on the student; a trial logs it as
+    `test/transfer_<field>` (the suite computes it as `blackbox/<field>`)."""
+    return Metric(f"transfer_{m.name}", f"Transfer {m.title}", field=f"transfer_{m.field}",
+                  words=f"transfer {m.words}")
+
+
+def transfer_metrics() -> list[Metric]:
+    return [transfer(m) for m in REGISTRY.values() if m.blackbox]
+
+
+def transfer_keys() -> dict[str, str]:
+    """The suite's black-box keys -> the trial's transfer keys, e.g. blackbox/pgd20_acc ->
+    test/transfer_pgd20_acc."""
+    return {m.key("blackbox/"): transfer(m).key() for m in REGISTRY.values() if m.blackbox}
+
+
 def summary_metrics() -> list[Metric]:
-    return [m for m in REGISTRY.values() if m.summary]
+    """The columns of the summary and report tables: the registry's, then the transfer forms."""
+    return [m for m in REGISTRY.values() if m.summary] + transfer_metrics()
 
 
 def headline_keys(prefix: str = "test/") -> list[str]:
@@ -138,4 +157,4 @@ def by_key(key: str) -> Metric | None:
     if key in VALIDATION:
         return VALIDATION[key]
     field = key.split("/", 1)[-1]
-    return next((m for m in REGISTRY.values() if m.field == field), None)
+    return next((m for m in [*REGISTRY.values(), *transfer_metrics()] if m.field == field), None)

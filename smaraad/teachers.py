@@ -35,11 +35,12 @@ def cache_dir() -> Path:
     return Path(root) / "teachers"
 
 
-def teacher_config(student: TrainConfig, *, method: str = "pgd_at",
-                   epochs: int | None = None) -> TrainConfig:
+def teacher_config(student: TrainConfig, *, method: str = "pgd_at", epochs: int | None = None,
+                   overrides: dict | None = None) -> TrainConfig:
     """The teacher recipe for a student run: the data set's preset (not the student's epochs, so
     that short student runs share one teacher), the student run's data, split and threat model,
-    its `teacher` architecture, a teacher-free method and a fixed seed."""
+    its `teacher` architecture, a teacher-free method and a fixed seed. `overrides` (flat config
+    keys: a teacher spec's eps_255, seed, attack_steps...) are laid over that last."""
     shared = ("dataset", "data_root", "train_size", "val_size", "split_seed", "eps_255", "device",
               "precision", "channels_last")
     values = {k: getattr(student, k) for k in shared}
@@ -47,6 +48,7 @@ def teacher_config(student: TrainConfig, *, method: str = "pgd_at",
                   seed=TEACHER_SEED)
     if epochs is not None:
         values["epochs"] = epochs
+    values.update(overrides or {})
     return preset_config(values)
 
 
@@ -71,7 +73,7 @@ class Teacher:
 
 
 def provide_teacher(student: TrainConfig, *, path: str | None = None, method: str = "pgd_at",
-                    epochs: int | None = None,
+                    epochs: int | None = None, overrides: dict | None = None,
                     log: Callable[[str], None] | None = print,
                     teacher_dir: str | os.PathLike | None = None, download: bool = False,
                     data=None) -> Teacher:
@@ -87,7 +89,7 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
                          log=log)
     if path:
         return _from_file(path, arch=student.teacher, dataset=student.dataset)
-    cfg = teacher_config(student, method=method, epochs=epochs)
+    cfg = teacher_config(student, method=method, epochs=epochs, overrides=overrides)
     file = cache_dir() / f"{cache_key(cfg)}.pt"
     if file.exists():
         if log:

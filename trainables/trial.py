@@ -1,8 +1,10 @@
 """The Ray Tune function trainable: one trial = one `smaraad.trainer.fit` run.
 
 It receives the searched values (and the seed, and the grid's method for ablations) as its Tune
-config; everything shared (the base config, the teacher's weights, the data, where to log) comes
-once through Ray's object store via `tune.with_parameters`. Each epoch it reports the core's metrics
+config; everything shared (the base config, the teachers' weights, the data, where to log) comes
+once through Ray's object store via `tune.with_parameters`. An experiment may hold several named
+teachers: a trial distils from the one its config's `teacher` names (a grid or search key), else
+from the experiment's first. Each epoch it reports the core's metrics
 with a checkpoint of the resumable state; on restart it continues from `tune.get_checkpoint()`.
 After the last epoch it runs the final evaluation on the test split and logs everything to the
 trial's own MLflow run.
@@ -29,6 +31,7 @@ from smaraad.trainer import fit, resolve_device, training_precision
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
+TEACHER_KEY = "teacher"  # the grid/search key naming a teacher (orchestrator.spaces)
 COMPLETED = "completed"  # set in the report that follows the final evaluation
 
 
@@ -48,14 +51,17 @@ class TeacherWeights:
     metrics: dict = field(default_factory=dict)
     path: str = ""
     zoo: tuple = ()
+    name: str = ""                # the experiment's name for it (a grid value)
+    label: str = ""               # its spec's short label (smaraad.teacher_specs)
 
     @classmethod
-    def of(cls, model, *, metrics: dict, path: str) -> "TeacherWeights":
+    def of(cls, model, *, metrics: dict, path: str, name: str = "",
+           label: str = "") -> "TeacherWeights":
         norm = model.normalize
         return cls(model.arch, model.num_classes, tuple(norm.mean.flatten().tolist()),
                    tuple(norm.std.flatten().tolist()), bool(norm.center),
                    {k: v.cpu() for k, v in model.state_dict().items()}, metrics, path,
-                   tuple(getattr(model, "source", ())))
+                   tuple(getattr(model, "source", ())), name, label)
 
     def build(self):
         if self.zoo:
@@ -72,7 +78,7 @@ class TrialSetup:
     """What every trial of an experiment shares."""
     base: dict                       # flat TrainConfig values (preset + space base + options)
     tracking: Tracking
-    teacher: TeacherWeights | None
+    teachers: dict                   # name -> TeacherWeights (first = the default); {} = none
     data: Splits
     natural_teacher: TeacherWeights | None = None   # MTARD's second teacher
     eval_attacks: tuple = field(default_factory=metrics.attack_names)  # the registry's attacks
@@ -80,11 +86,24 @@ class TrialSetup:
     aa_n: int = 0                    # the first of those that AutoAttack runs on (0 = all)
     threads: int = 1                 # torch threads per trial (= CPUs per trial)
     tags: dict = field(default_factory=dict)
+    transfer_from: str = ""          # "", "teacher" (the trial's own) or a checkpoint path
+    transfer_source: TeacherWeights | None = None   # that checkpoint's weights
+
+
+def pick_teacher(setup: TrialSetup, config: dict) -> TeacherWeights | None:
+    """The teacher the trial's `teacher` value names, else the experiment's first (or None)."""
+    named = setup.teachers.get(config.get(TEACHER_KEY)) if isinstance(
+        config.get(TEACHER_KEY), str) else None
+    return named or next(iter(setup.teachers.values()), None)
 
 
 def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
-    """The trial's config: its values over the shared base, over the data set's preset."""
-    return preset_config({**setup.base, **config})
+    """The trial's config: its values over the shared base, over the data set's preset. A
+    `teacher` value naming one of the experiment's teachers becomes that teacher's arch."""
+    values = {**setup.base, **config}
+    if config.get(TEACHER_KEY) in setup.teachers:
+        values[TEACHER_KEY] = setup.teachers[config[TEACHER_KEY]].arch
+    return preset_config(values)
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
@@ -92,40 +111,53 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     cfg = trial_config(setup, config)
     trial_id = tune.get_context().get_trial_id()
     flat = cfg.to_flat()
+    chosen = pick_teacher(setup, config)
+    named = config.get(TEACHER_KEY) in setup.teachers  # the experiment varies its teacher
     params = {**cfg.diff(), **{k: flat[k] for k in config if k in flat},  # searched: always
               "method": cfg.method, "student": cfg.student, "dataset": cfg.dataset,
               "seed": cfg.seed, "epochs": cfg.epochs,
-              "teacher": setup.teacher.arch if setup.teacher else "none"}
+              # a varied teacher is logged by its name (what the grid varies), else by its arch
+              "teacher": (chosen.name if named else chosen.arch) if chosen else "none",
+              **({"teacher_arch": chosen.arch, "teacher_name": chosen.name,
+                  "teacher_label": chosen.label} if chosen else {})}
     run = TrialRun(setup.tracking, trial_id, run_name=_run_name(config, trial_id), params=params,
                    tags={**setup.tags, **({"variant": config["method"]} if "method" in config
-                                          else {})})
+                                          else {}),
+                         **({"smaraad.teacher": chosen.name} if chosen else {})})
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
-    teacher = setup.teacher.build() if setup.teacher else None
+    teacher = chosen.build() if chosen else None
 
-    def report(metrics: dict, state: dict) -> None:
-        run.log_metrics(metrics, step=metrics["epoch"])
+    def report(epoch_metrics: dict, state: dict) -> None:
+        run.log_metrics(epoch_metrics, step=epoch_metrics["epoch"])
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(epoch_metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
         device = resolve_device(cfg.device)
         run.set_tags({"smaraad.training_precision": training_precision(cfg)})
         if resume is None:
             run.log_dict(cfg.to_flat(), "config.json")
-            if setup.teacher:
-                run.log_metrics(setup.teacher.metrics, step=0)
+            if chosen:
+                run.log_metrics(chosen.metrics, step=0)
         natural = setup.natural_teacher.build() if setup.natural_teacher else None
-        model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=setup.data,
+        model, last = fit(cfg, teacher=teacher, natural_teacher=natural, data=setup.data,
                              report=report, resume=resume, log=None)
+        teacher = teacher.to(device) if teacher is not None else None
+        source = teacher if setup.transfer_from == "teacher" else (
+            setup.transfer_source.build() if setup.transfer_source else None)
         final = evaluate_suite(model, setup.data.test, attacks=setup.eval_attacks,
                                n=setup.eval_n, aa_n=setup.aa_n, device=device, seed=cfg.seed,
-                               teacher=teacher.to(device) if teacher is not None else None,
-                               eps=from_255(cfg.eps_255))
+                               teacher=teacher, source=source, eps=from_255(cfg.eps_255))
+        names = metrics.transfer_keys()  # blackbox/<field> -> test/transfer_<field> (Table 5)
+        final = {names.get(k, k): v for k, v in final.items()}
+        if source is not None:
+            run.set_tags({"smaraad.transfer_from": f"teacher {chosen.name}" if source is teacher
+                          else setup.transfer_from})
         flags = final.pop("flags", [])
         scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         run.log_metrics(scalars, step=cfg.epochs)
@@ -134,7 +166,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             from smaraad.models import save_checkpoint
             save_checkpoint(Path(d) / "student.pt", model.cpu(), config=cfg.to_flat())
             run.log_artifact(str(Path(d) / "student.pt"))
-        tune.report({**metrics, **scalars, COMPLETED: 1})
+        tune.report({**last, **scalars, COMPLETED: 1})
         run.finish("FINISHED")
     except Exception as exc:
         run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
