@@ -26,6 +26,9 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     methods = {v.get("method", r.base["method"]) for v in variants} or {r.base["method"]}
     for v in variants:  # every grid point must be a valid config before anything starts
         preset_config({**r.base, **v})
+    # The data first: a missing data set (or --download) is settled before Ray starts or a
+    # teacher trains (the teacher's own run then finds the files in place).
+    data = load_splits(r.base_cfg, download=getattr(args, "download", False))
     cpus = cpu_count()
     ex.init_ray(args.address, None if args.address else cpus)
 
@@ -40,7 +43,6 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     if any(METHODS[m].needs_natural_teacher for m in methods):
         n = provide_teacher(r.base_cfg, method="natural", epochs=r.teacher_epochs)
         natural = TeacherWeights.of(n.model, metrics=n.metrics, path=n.path)
-    data = load_splits(r.base_cfg)
 
     exp_dir = Path(r.storage_path) / r.name
     state = parent_state(exp_dir) if r.resume else None

@@ -45,6 +45,7 @@ def parser() -> Parser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set gamma=100 (repeatable)")
     p.add_argument("--data-root", help="folder holding the CIFAR files")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10/100 into --data-root if missing (torchvision's downloader, md5-checked)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<method>-seed<S>)")
     p.add_argument("--attacks", default=",".join(FINAL_ATTACKS),
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"runs/{cfg.method}-seed{cfg.seed}")
     if args.teacher and not Path(args.teacher).is_file():
         raise ConfigError(f"--teacher {args.teacher}: no such file")
-    data = load_splits(cfg)  # fails early (missing CIFAR files) before anything is written
+    data = load_splits(cfg, download=args.download)  # fails early (missing CIFAR files) before anything is written
 
     resume = None
     state_file = out / "state.pt"
