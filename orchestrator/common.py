@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from smaraad.cli import Parser, UsageError, parse_kv
-from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
+from smaraad.config import (METHOD_OVERRIDES, TRAIN_KEYS, TrainConfig, method_keys,
+                            preset_config)
 from smaraad.evaluation import ATTACKS, check_attacks
 from smaraad.methods import METHODS
 
@@ -105,7 +106,10 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         values["epochs"] = epochs
     if args.smoke_test and args.dataset == "embedded":
         values["train_size"] = SMOKE["train_size"]
-    values.update(parse_kv(args.set))
+    flat, overrides = split_sets(parse_kv(args.set), experiment_methods(space, values))
+    values.update(flat)
+    if overrides:
+        values[METHOD_OVERRIDES] = overrides
     base_cfg = preset_config(values)
     # Training keys resolved once; method keys only where the user gave them, since a grid's
     # variants may be methods with other hyperparameters.
@@ -142,6 +146,47 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         check_ray_address(args.address)
     return Resolved(base, base_cfg, attacks, eval_n, aa_n, uri, storage, name, args.resume,
                     teacher_epochs)
+
+
+def experiment_methods(space, values: dict) -> list[str]:
+    """The methods an experiment's trials train: the grid's or the search's `method` values,
+    else the one of its base."""
+    if "method" in space.grid:
+        return list(dict.fromkeys(space.grid["method"]))
+    if "method" in space.search and space.search["method"].values:
+        return list(dict.fromkeys(space.search["method"].values))
+    return [values.get("method", TrainConfig.method)]
+
+
+def split_sets(sets: dict, methods: list[str]) -> tuple[dict, dict]:
+    """--set values as (flat, per method): a training key, or a method key every method of the
+    experiment has, applies to every trial; a key only some methods have goes to those methods
+    alone ({method: {key: value}}); a key none has is one UsageError naming who has what."""
+    flat: dict = {}
+    overrides: dict = {}
+    for key, value in sets.items():
+        key = "lam" if key == "lambda" else key  # the config's alias
+        have = [m for m in methods if key in method_keys(m)]
+        if key in TRAIN_KEYS or (have and len(have) == len(methods)):
+            flat[key] = value
+        elif have:
+            for m in have:
+                overrides.setdefault(m, {})[key] = value
+        else:
+            raise UsageError(f"--set {key}: no method of this experiment has that key "
+                             f"({', '.join(methods)}); allowed: {allowed_keys(methods)}")
+    return flat, overrides
+
+
+def allowed_keys(methods: list[str]) -> str:
+    """The training keys, then each method key with the methods that have it."""
+    owners: dict[str, list[str]] = {}
+    for m in methods:
+        for k in sorted(method_keys(m)):
+            owners.setdefault(k, []).append(m)
+    everyone = [k for k, ms in owners.items() if len(ms) == len(methods)]
+    some = [f"{k} ({', '.join(ms)})" for k, ms in sorted(owners.items()) if len(ms) < len(methods)]
+    return ", ".join([*sorted(TRAIN_KEYS), *sorted(everyone), *some])
 
 
 def latest(storage: str, space_name: str) -> str | None:
