@@ -63,7 +63,8 @@ def common_parser(prog: str, description: str) -> Parser:
                    "cpus-per-trial)")
     p.add_argument("--retries", type=int, default=0, help="retries of a failed trial")
     p.add_argument("--data-root", help="folder holding the CIFAR files")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10/100 into --data-root if missing (torchvision's downloader, md5-checked)")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10/100 into "
+                   "--data-root if missing (torchvision's downloader, md5-checked)")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"a tiny run to check the setup ({SMOKE['epochs']} epochs, "

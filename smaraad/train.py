@@ -45,7 +45,8 @@ def parser() -> Parser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set gamma=100 (repeatable)")
     p.add_argument("--data-root", help="folder holding the CIFAR files")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10/100 into --data-root if missing (torchvision's downloader, md5-checked)")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10/100 into "
+                   "--data-root if missing (torchvision's downloader, md5-checked)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<method>-seed<S>)")
     p.add_argument("--attacks", default=",".join(FINAL_ATTACKS),

@@ -279,12 +279,13 @@ def unreachable(monkeypatch):
     """torchvision's downloader pointed at a local port nobody listens on: the failure of a
     machine without network, reached in milliseconds and never a real download."""
     import torchvision.datasets as tv
-    for cls, name in ((tv.CIFAR10, 'cifar-10-python.tar.gz'), (tv.CIFAR100, 'cifar-100-python.tar.gz')):
-        monkeypatch.setattr(cls, 'url', f'http://127.0.0.1:9/{name}')
+    for cls in (tv.CIFAR10, tv.CIFAR100):
+        monkeypatch.setattr(cls, 'url', f'http://127.0.0.1:9/{cls.filename}')
 
 
 def test_download_without_network_is_one_data_error(tmp_path, unreachable):
-    with pytest.raises(DataError, match=r'could not download CIFAR-100 from http://127\.0\.0\.1:9/') as err:
+    unreachable_url = r'could not download CIFAR-100 from http://127\.0\.0\.1:9/'
+    with pytest.raises(DataError, match=unreachable_url) as err:
         load_data('cifar100', root=str(tmp_path), download=True)
     assert 'cifar-100-python' in str(err.value) and '\n' not in str(err.value)
 

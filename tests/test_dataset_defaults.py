@@ -15,7 +15,8 @@ from conftest import run_cli
 from smaraad.config import METHOD_OVERRIDES, ConfigError, TrainConfig, method_keys, preset_config
 from smaraad.methods import METHODS, Context
 
-CIFAR100 = {"rslad": {"scale": 10.0}, "mtard": {"scale": 10.0}, "adaad": {"kl_reduction": "batchmean"}}
+CIFAR100 = {"rslad": {"scale": 10.0}, "mtard": {"scale": 10.0},
+            "adaad": {"kl_reduction": "batchmean"}}
 
 
 @pytest.mark.parametrize("method", sorted(CIFAR100))
@@ -39,7 +40,8 @@ def test_only_those_methods_change_on_cifar100():
     assert changed == set(CIFAR100)
     for name, spec in METHODS.items():  # every dataset default is a valid value of a real field
         for dataset, values in spec.dataset_defaults.items():
-            assert dataset in ("embedded", "cifar10", "cifar100") and set(values) <= method_keys(name)
+            assert dataset in ("embedded", "cifar10", "cifar100")
+            assert set(values) <= method_keys(name)
             spec.make_params(values)
 
 
@@ -69,7 +71,8 @@ def test_adaad_on_cifar100_is_the_batchmean_kl_100x_the_element_mean():
         return METHODS["adaad"].loss(ctx, x, y)["kl_adv"]
 
     c100 = preset_config({"method": "adaad", "dataset": "cifar100"})
-    c10_form = dataclasses.replace(c100, params=dataclasses.replace(c100.params, kl_reduction="mean"))
+    mean = dataclasses.replace(c100.params, kl_reduction="mean")
+    c10_form = dataclasses.replace(c100, params=mean)
     torch.testing.assert_close(loss(c100), 100 * loss(c10_form))
 
 

@@ -4,12 +4,12 @@ ResNet-18 <- WRN-34-10 and MobileNetV2 <- WRN-28-10, through real Ray Tune and M
 
 WRN-34-10 costs 13 GFLOP per image forward, so everything is tiny: 12 training images of which 4
 are held out, batches of 4, one attack step, one epoch, 4 test images, clean accuracy only (cam_dist
-still runs PGD-20 with the teacher). The ResNet-18 run trains its WRN-34-10 teacher (PGD-AT, one
-epoch) as a user's first run would; the others distil from a WRN checkpoint file with random
-weights (`--teacher PATH`), which costs no teacher training. Every method of Table 3 trains, checkpoints (Ray's per-epoch
-checkpoint), is evaluated and logged once across the two architecture pairs; the ResNet-18 run is
-interrupted after its first finished trial and resumed with --resume; CIFAR-100 goes through the
-same path and gets its reference defaults (RSLAD scale 10, AdaAD batchmean).
+still runs PGD-20 with the teacher). Every method of Table 3 trains, checkpoints (Ray's per-epoch
+checkpoint), is evaluated and logged once across the two architecture pairs. The ResNet-18 run
+trains its WRN-34-10 teacher (PGD-AT, one epoch) as a user's first run would, is interrupted after
+its first finished trial and resumed with --resume; the other runs distil from a WRN checkpoint
+with random weights (`--teacher PATH`: no teacher training). CIFAR-100 goes through the same path
+and gets its reference defaults (RSLAD scale 10, AdaAD batchmean).
 """
 
 from __future__ import annotations
