@@ -206,3 +206,15 @@ def test_cifar100_through_the_same_path_with_its_defaults(workdir, data_root, ca
     assert float(runs["rslad"].data.params["log_eps"]) == 0.0
     assert runs["adaad"].data.params["kl_reduction"] == "batchmean"
     assert "log_eps" not in runs["adaad"].data.params
+
+
+def test_trials_tune_never_began_count_as_interrupted():
+    """An experiment stopped before Tune created some trials must not look complete."""
+    from orchestrator.runner import not_started
+
+    done = {"config": {"method": "ard", "seed": 0}, "metrics": {"completed": 1}, "status": "done"}
+    missing = not_started([done], [{"method": "ard"}, {"method": "iad"}], (0, 1), 1)
+    assert [(m["config"], m["status"]) for m in missing] == [
+        ({"method": "ard", "seed": 1}, "interrupted"), ({"method": "iad", "seed": 0}, "interrupted"),
+        ({"method": "iad", "seed": 1}, "interrupted")]
+    assert len(not_started([done], [], (0,), 3)) == 2 and not not_started([done], [], (0,), 1)
