@@ -98,7 +98,8 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     dataset = args.dataset or space.base.get("dataset", "embedded")
     smoke = {**({"epochs": SMOKE["epochs"]} if args.epochs is None else {}),
              **({"train_size": SMOKE["train_size"]} if dataset == "embedded" else {})}
-    opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None)
+    opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None,
+                       methods=lambda values: experiment_methods(space, values))
     values = opts.values
     base_cfg = preset_config(values)
     # Training keys resolved once; method keys only where the user gave them, since a grid's
@@ -141,6 +142,16 @@ def check_paths(args, name: str) -> None:
         folder_or_absent(args.data_root, "--data-root")
     if not args.no_report:
         writable_dir(Path("reports", name), "the report folder (or pass --no-report)")
+
+
+def experiment_methods(space, values: dict) -> list[str]:
+    """The methods an experiment's trials train: the grid's or the search's `method` values,
+    else the one of its base."""
+    if "method" in space.grid:
+        return list(dict.fromkeys(space.grid["method"]))
+    if "method" in space.search and space.search["method"].values:
+        return list(dict.fromkeys(space.search["method"].values))
+    return [values.get("method", TrainConfig.method)]
 
 
 def latest(storage: str, space_name: str) -> str | None:

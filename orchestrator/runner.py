@@ -112,10 +112,12 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     specs = teacher_specs(args, space, r, variants)
     transfer = transfer_option(args)
     aa_n = teacher_aa_n(args, space)
+    # The data first: a missing data set (or --download) is settled before Ray starts or a
+    # teacher trains; the teachers are then measured on its validation split.
+    data = load_splits(r.base_cfg, download=r.download)
     cpus = cpu_count()
     ex.init_ray(args.address, None if args.address else cpus)
 
-    data = load_splits(r.base_cfg, download=r.download)  # before the teachers: measured on its val
     teachers = {}
     if needs_teacher(methods) or transfer == TRANSFER_TEACHER:
         teachers = provide_teachers(args, specs, r, data, aa_n)
@@ -179,6 +181,7 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     stopped = ex.stopped_trials(ex.experiment_path(plan))
     for row in rows:
         row["status"] = status(row, stopped)
+    rows += not_started(rows, variants, seeds, num_samples)
     interrupted = [row for row in rows if row["status"] == "interrupted"]
     from trainables.tracking import client
     c = client(tracking.uri)
@@ -195,3 +198,18 @@ def status(row: dict, stopped: set) -> str:
     if m.get("trial_id") in stopped:
         return "stopped"
     return "interrupted"
+
+
+def not_started(rows: list[dict], variants: list, seeds: tuple, num_samples: int) -> list[dict]:
+    """Rows for the planned trials Tune never created: an experiment stopped (Ctrl-C, SIGUSR1)
+    before it reached them returns only the trials it began, and would otherwise look complete.
+    A grid names each missing (variant, seed); a search counts the missing samples."""
+    def row(config: dict) -> dict:
+        return {"trial_id": "", "config": config, "metrics": {}, "error": "", "path": "",
+                "status": "interrupted"}
+
+    if not variants:
+        return [row({}) for _ in range(num_samples - len(rows))]
+    seen = [{k: x["config"].get(k) for k in (*variants[0], "seed")} for x in rows]
+    planned = [{**v, "seed": s} for v in variants for s in seeds]
+    return [row(p) for p in planned if p not in seen]

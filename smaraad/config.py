@@ -186,13 +186,35 @@ def preset_for(dataset: str) -> str:
     return "embedded" if dataset == "embedded" else "paper"
 
 
+METHOD_OVERRIDES = "method_overrides"
+"""A flat key holding {method: {key: value}}: values meant only for the methods that have the key
+(`--set scale=10` in an experiment over several methods reaches RSLAD and MTARD, not PGD-AT)."""
+
+
 def preset_config(values: Mapping[str, Any]) -> TrainConfig:
-    """A TrainConfig from user values laid over the preset of their data set."""
+    """A TrainConfig from user values laid over, from the bottom: the preset of their data set, the
+    embedded preset's method params, the method's defaults for the data set
+    (`MethodSpec.dataset_defaults`: e.g. RSLAD's scale 10 on CIFAR-100), then the values
+    `method_overrides` holds for this method; the user's flat values win over all of them."""
+    values = dict(values)
+    overrides = values.pop(METHOD_OVERRIDES, None) or {}
+    if not isinstance(overrides, Mapping) or not all(isinstance(v, Mapping)
+                                                     for v in overrides.values()):
+        raise ConfigError(f"{METHOD_OVERRIDES}: {overrides!r}; expected a mapping of method "
+                          "names to mappings of keys to values")
     dataset = values.get("dataset", "embedded")
+    method = values.get("method", TrainConfig.method)
     base = dict(PRESETS[preset_for(dataset)])
-    if preset_for(dataset) == "embedded":
-        spec = METHODS.get(values.get("method", TrainConfig.method))
-        if spec is not None:
+    spec = METHODS.get(method)
+    if spec is not None:
+        if preset_for(dataset) == "embedded":
             names = {f.name for f in dataclasses.fields(spec.params)}
             base.update({k: v for k, v in EMBEDDED_METHOD_PARAMS.items() if k in names})
+        base.update(spec.dataset_defaults.get(dataset, {}))
+    base.update(overrides.get(method, {}))
     return TrainConfig.from_flat({**base, **values})
+
+
+def method_keys(method: str) -> frozenset[str]:
+    """The hyperparameter keys of a registered method (its params dataclass's fields)."""
+    return frozenset(f.name for f in dataclasses.fields(METHODS[method].params))

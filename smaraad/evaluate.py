@@ -60,6 +60,8 @@ def parser() -> Parser:
                    help=f"{', '.join(AA_VERSIONS)}, or a comma list of pyautoattack attacks "
                         "(apgd-ce,square,...) for a cheaper custom run; reported numbers: standard")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the CIFAR files")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10/100 into "
+                   "--data-root if missing (torchvision's downloader, md5-checked)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=256)
     return p
@@ -82,7 +84,7 @@ def _load(path: str, what: str):
 DATA_KEYS = ("data_root", "train_size", "val_size", "split_seed")  # what places the split
 
 
-def _splits(dataset: str, config: dict, data_root: str | None):
+def _splits(dataset: str, config: dict, data_root: str | None, download: bool = False):
     """The data split the way the trainer held it out: `load_splits` on the checkpoint config's
     data keys (train_size, val_size, split_seed; the preset's where the config lacks them), so
     --split val is its validation set and never overlaps its training images."""
@@ -91,7 +93,8 @@ def _splits(dataset: str, config: dict, data_root: str | None):
     keys = {k: config[k] for k in DATA_KEYS if config.get(k) not in (None, "")}
     if data_root:
         keys["data_root"] = data_root
-    return load_splits(preset_config({**keys, "dataset": dataset}))  # DataError: a UserError
+    # DataError (a missing data set names --download and the files' place) is a UserError
+    return load_splits(preset_config({**keys, "dataset": dataset}), download=download)
 
 
 def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "test",
@@ -101,6 +104,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
                         cam_class: str = "label", eps_255: float | None = None,
                         aa_version: str = "standard", data_root: str | None = None,
                         device: str = "auto", batch_size: int = 256, splits=None,
+                        download: bool = False,
                         log: Callable[[str], None] | None = print) -> dict:
     """Run `evaluate_suite` on the checkpoint at `path`; every user mistake is a UserError raised
     before any attack runs. `splits` (a smaraad.data.Splits) skips loading the data again, for
@@ -141,7 +145,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
     source_model = _load(source, "--source") if source else None
     dev = resolve_device(device)
     if splits is None:
-        splits = _splits(dataset, config, data_root)
+        splits = _splits(dataset, config, data_root, download)
     for what, m in (("model", model), ("teacher", teacher_model), ("source", source_model)):
         if m is not None and m.num_classes != splits.num_classes:
             raise UserError(f"the {what} has {m.num_classes} classes, {dataset} has "
@@ -196,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n=args.n, aa_n=args.aa_n, seed=args.seed, source=args.source,
             teacher=None if args.teacher == "none" else args.teacher, cam_class=args.cam_class,
             eps_255=args.eps_255, aa_version=args.aa_version, data_root=args.data_root,
-            device=args.device, batch_size=args.batch_size)
+            device=args.device, batch_size=args.batch_size, download=args.download)
     print(format_table(result))
     save_json(args.out, result)
     print(f"wrote {args.out}")

@@ -11,10 +11,11 @@ AutoAttack subset) and `--download`. Each command adds only what is its own (tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from smaraad import metrics
 from smaraad.cli import Parser, UsageError, parse_kv
+from smaraad.config import METHOD_OVERRIDES, TRAIN_KEYS, method_keys
 from smaraad.teachers import TEACHER_METHODS
 
 
@@ -67,7 +68,8 @@ class RunOptions:
 
 
 def run_options(args, *, base: dict | None = None, extra: dict | None = None,
-                allow_no_attacks: bool = False) -> RunOptions:
+                allow_no_attacks: bool = False,
+                methods: Callable[[dict], list[str]] | None = None) -> RunOptions:
     """Map parsed arguments to config values: `base` (a space's or a YAML file's values), then
     the options given, then the command's `extra` values, then --set. UsageError names a bad one."""
     from smaraad.evaluation import check_attacks
@@ -80,7 +82,14 @@ def run_options(args, *, base: dict | None = None, extra: dict | None = None,
         if value is not None:
             values[key] = value
     values.update(extra or {})
-    values.update(parse_kv(args.set))
+    sets = parse_kv(args.set)
+    if methods is None:  # one method: --set is checked by its config
+        values.update(sets)
+    else:  # an experiment of several methods: each --set reaches the methods that have its key
+        flat, overrides = split_sets(sets, methods(values))
+        values.update(flat)
+        if overrides:
+            values[METHOD_OVERRIDES] = overrides
     names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     attacks = check_attacks(names) if names or not allow_no_attacks else ()
     for option, value, meaning in (("--eval-n", args.eval_n, "0 = the whole test split"),
@@ -104,3 +113,34 @@ def check_teacher(spec: str | None, dataset: str, teacher_dir: str | None,
         check_zoo(spec, dataset, teacher_dir, download)
     elif spec:
         existing_file(spec, "--teacher")
+
+
+def split_sets(sets: dict, methods: list[str]) -> tuple[dict, dict]:
+    """--set values as (flat, per method): a training key, or a method key every method of the
+    experiment has, applies to every trial; a key only some methods have goes to those methods
+    alone ({method: {key: value}}); a key none has is one UsageError naming who has what."""
+    flat: dict = {}
+    overrides: dict = {}
+    for key, value in sets.items():
+        key = "lam" if key == "lambda" else key  # the config's alias
+        have = [m for m in methods if key in method_keys(m)]
+        if key in TRAIN_KEYS or (have and len(have) == len(methods)):
+            flat[key] = value
+        elif have:
+            for m in have:
+                overrides.setdefault(m, {})[key] = value
+        else:
+            raise UsageError(f"--set {key}: no method of this experiment has that key "
+                             f"({', '.join(methods)}); allowed: {allowed_keys(methods)}")
+    return flat, overrides
+
+
+def allowed_keys(methods: list[str]) -> str:
+    """The training keys, then each method key with the methods that have it."""
+    owners: dict[str, list[str]] = {}
+    for m in methods:
+        for k in sorted(method_keys(m)):
+            owners.setdefault(k, []).append(m)
+    everyone = [k for k, ms in owners.items() if len(ms) == len(methods)]
+    some = [f"{k} ({', '.join(ms)})" for k, ms in sorted(owners.items()) if len(ms) < len(methods)]
+    return ", ".join([*sorted(TRAIN_KEYS), *sorted(everyone), *some])

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_teacher(opts.teacher, cfg.dataset, opts.teacher_dir, opts.download)
     if args.data_root:
         folder_or_absent(args.data_root, "--data-root")
-    data = load_splits(cfg)  # fails early (missing CIFAR files) before anything is written
+    data = load_splits(cfg, download=opts.download)  # fails early (missing CIFAR files) before anything is written
 
     resume = None
     state_file = out / "state.pt"

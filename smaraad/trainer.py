@@ -73,10 +73,12 @@ def milestones(cfg: TrainConfig) -> list[int]:
     return epoch_points(cfg.lr_milestones, cfg.epochs)
 
 
-def load_splits(cfg: TrainConfig) -> Splits:
+def load_splits(cfg: TrainConfig, download: bool = False) -> Splits:
+    """The run's train / validation / test splits; `download` fetches missing CIFAR files into
+    cfg.data_root with torchvision's downloader (md5-checked) first."""
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size  # a count or a fraction
     return load_data(cfg.dataset, root=cfg.data_root or None, val_size=val_size,
-                     seed=cfg.split_seed, n_train=cfg.train_size or None)
+                     seed=cfg.split_seed, n_train=cfg.train_size or None, download=download)
 
 
 def prepare_teacher(teacher: nn.Module, device: torch.device, num_classes: int,

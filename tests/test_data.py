@@ -194,8 +194,11 @@ def test_cifar100_reads_fine_labels(tmp_path, no_md5):
 
 def test_cifar_missing_or_incomplete(tmp_path, monkeypatch):
     monkeypatch.setenv('SMARAAD_DATA', str(tmp_path / 'nowhere'))
-    with pytest.raises(DataError, match='CIFAR-10 not found under .*nowhere; pass --download'):
+    with pytest.raises(DataError, match='CIFAR-10 not found under .*nowhere; pass --download') as err:
         load_data('cifar10')
+    message = str(err.value)  # both ways out: the flag, or the files placed by hand (and where from)
+    assert os.path.join(str(tmp_path / 'nowhere'), 'cifar-10-batches-py') in message
+    assert 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz' in message
     (tmp_path / 'cifar-100-python').mkdir()
     with pytest.raises(DataError, match='CIFAR-100 under .* incomplete or corrupted'):
         load_data('cifar100', root=tmp_path)
@@ -260,3 +263,58 @@ def test_loader_state_restores_next_epoch():
     for (xa, ya), (xb, yb) in zip(first, second):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(torch.cat([b[1] for b in first]), torch.cat([b[1] for b in list(loader)]))
+
+
+# ----------------------------------------------------------------------------- --download
+def test_download_with_files_in_place_reads_them(tmp_path, no_md5):
+    """--download on a folder that already holds the files fetches nothing (torchvision checks
+    them first) and reads them."""
+    _write_cifar10(tmp_path)
+    s = load_data('cifar10', root=str(tmp_path), val_size=5, download=True)
+    assert s.train[0].shape == (15, 3, 32, 32) and s.test[0].shape == (6, 3, 32, 32)
+
+
+@pytest.fixture
+def unreachable(monkeypatch):
+    """torchvision's downloader pointed at a local port nobody listens on: the failure of a
+    machine without network, reached in milliseconds and never a real download."""
+    import torchvision.datasets as tv
+    for cls in (tv.CIFAR10, tv.CIFAR100):
+        monkeypatch.setattr(cls, 'url', f'http://127.0.0.1:9/{cls.filename}')
+
+
+def test_download_without_network_is_one_data_error(tmp_path, unreachable):
+    unreachable_url = r'could not download CIFAR-100 from http://127\.0\.0\.1:9/'
+    with pytest.raises(DataError, match=unreachable_url) as err:
+        load_data('cifar100', root=str(tmp_path), download=True)
+    assert 'cifar-100-python' in str(err.value) and '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('command', ['smaraad.train', 'smaraad.evaluate', 'orchestrator.ablate',
+                                     'orchestrator.tune'])
+def test_every_data_command_downloads_or_says_how(command, tmp_path, unreachable, monkeypatch,
+                                                  capsys):
+    """Each command that reads data takes --download; without files, and with --download but no
+    network, it prints one line on stderr and exits 2, leaving nothing behind."""
+    import importlib
+
+    from conftest import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(command).main
+    if command == 'smaraad.evaluate':
+        from smaraad.models import build_model, save_checkpoint
+        save_checkpoint(str(tmp_path / 'm.pt'), build_model('small_cnn', num_classes=10),
+                        config={'dataset': 'cifar10'})
+        argv = ['--checkpoint', str(tmp_path / 'm.pt'), '--out', str(tmp_path / 'e.json')]
+    else:
+        argv = ['--name', 'x', '--storage-path', str(tmp_path / 'ray'),
+                '--tracking-uri', f'sqlite:///{tmp_path / "mlflow.db"}'] \
+            if command.startswith('orchestrator') else ['--out', str(tmp_path / 'run')]
+    argv += ['--dataset', 'cifar10', '--data-root', str(tmp_path / 'data')]
+    before = set(tmp_path.iterdir())
+    for extra, expected in (([], 'pass --download'), (['--download'], 'could not download')):
+        code, out, err = run_cli(main, argv + extra, capsys)
+        assert code == 2 and expected in err and 'cifar-10-batches-py' in err, err
+        assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+    assert set(tmp_path.iterdir()) - before <= {tmp_path / 'data'}  # at most the empty data root

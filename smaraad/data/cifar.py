@@ -1,7 +1,8 @@
 """CIFAR-10 / CIFAR-100 read through torchvision from a local folder, as uint8 tensors.
 
-torchvision owns the file format and its md5 checks; this module only turns its arrays
-into tensors and turns its failures into one DataError that tells the user what to do.
+torchvision owns the file format, its downloader and its md5 checks; this module only turns its
+arrays into tensors and turns its failures (files missing, corrupted, no network) into one
+DataError that names both ways out: --download, or the files placed by hand.
 """
 import os
 
@@ -37,17 +38,20 @@ def load_cifar(name: str, root: str | os.PathLike | None = None, download: bool 
 
     title, folder, _ = CIFAR[name]
     root = os.fspath(default_root() if root is None else root)
-    if not download and not os.path.isdir(os.path.join(root, folder)):
-        raise DataError(f'{title} not found under {root}; pass --download or point '
-                        f'--data-root at a folder holding {folder}')
     cls = datasets.CIFAR10 if name == 'cifar10' else datasets.CIFAR100
+    place = (f'or place the extracted {cls.filename} ({cls.url}) under '
+             f'{os.path.join(root, folder)} as torchvision lays it out')
+    if not download and not os.path.isdir(os.path.join(root, folder)):
+        raise DataError(f'{title} not found under {root}; pass --download to fetch it into '
+                        f'--data-root (torchvision, md5-checked), {place}')
     try:
-        splits = [cls(root, train=train, download=download) for train in (True, False)]
+        splits = [cls(root, train=train, download=download and train) for train in (True, False)]
     except RuntimeError as err:  # torchvision: missing file or md5 mismatch
         raise DataError(f'{title} under {root} is incomplete or corrupted ({err}); pass '
-                        f'--download to fetch it again') from err
-    except OSError as err:  # download failed (no network, disk full)
-        raise DataError(f'could not download {title} into {root}: {err}') from err
+                        f'--download to fetch it again, {place}') from err
+    except OSError as err:  # download failed (no network, disk full, server down)
+        raise DataError(f'could not download {title} from {cls.url} into {root} ({err}); '
+                        f'without a network, {place.removeprefix("or ")}') from err
     return tuple(_to_tensors(ds) for ds in splits)
 
 

@@ -49,12 +49,16 @@ class MethodSpec:
 
     `defaults` overrides the params class's defaults, so that an ablation variant is a named
     setting of a shared loss (e.g. `kd` = SmaraAD's machinery with a KL outer term, no alignment).
+    `dataset_defaults` maps a data set to the params its reference code changes there (RSLAD's
+    CIFAR-100 script multiplies its loss by 10): `preset_config` lays them over `defaults` and
+    under the user's values, so the switch stays and the default follows the data set.
     """
     params: type
     loss: Loss
     needs_teacher: bool = True
     needs_natural_teacher: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    dataset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     doc: str = ""
 
     def make_params(self, values: Mapping[str, Any]):

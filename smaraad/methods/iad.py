@@ -11,6 +11,12 @@ Reference: github.com/ZFancy/IAD, IAD-I.py.
   clean prediction towards S(x') (`detach_self`).
 - Schedule: the reference starts the term at epoch 60 (0-based) of 200. Runs here have any length,
   so `begin` is the fraction 0.3 of the run: the term is on from epoch round(begin * epochs).
+- The teacher term's weight (`teacher_weight`). The SmaraAD paper's Table 1 writes IAD as
+  A KL(S(x'), T(x)) + (1 - A) KL(S(x'), S(x)), the teacher term weighted by A = T_y(x')^beta (its
+  exponent is called alpha there); the official IAD-I.py leaves the teacher term unweighted.
+  Default "none", the official code: the baseline is the method its authors ran and reported.
+  "trust" multiplies each sample's teacher KL by A while the introspection term is on (before
+  `begin` both forms are the same ARD-like warm-up).
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class IADParams:
                                                               ".sum(1), then (1/B) sum")
     detach_self: bool = choice(False, (True, False),
                                "detach S(x) in the introspection KL (reference: not detached)")
+    teacher_weight: str = choice("none", ("none", "trust"),
+                                 "weight of the teacher KL: none (IAD-I.py) or trust = A = "
+                                 "T_y(x')^beta per sample (SmaraAD paper, Table 1)")
 
 
 def introspection_on(ctx: Context) -> bool:
@@ -58,15 +67,19 @@ def iad_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     terms = {}
     zs_adv = ctx.student(x_adv) if p.alpha > 0 else None
     zs_clean = ctx.student(x) if (introspect or p.alpha < 1) else None
-    if p.alpha > 0:
-        with torch.no_grad():
-            zt = ctx.teacher(x)
-        t = p.temperature
-        terms["kl_adv"] = p.alpha * t * t * kl(zs_adv, zt, p.kl_reduction, temperature=t)
+    trust = None
     if introspect:
         with torch.no_grad():
             p_true = F.softmax(at_least_fp32(ctx.teacher(x_adv)), dim=1).gather(1, y[:, None]).squeeze(1)
             trust = p_true.pow(p.beta)
+    if p.alpha > 0:
+        with torch.no_grad():
+            zt = ctx.teacher(x)
+        t = p.temperature
+        weight = trust if p.teacher_weight == "trust" else None  # Table 1's T_y(x')^beta
+        terms["kl_adv"] = p.alpha * t * t * kl(zs_adv, zt, p.kl_reduction, temperature=t,
+                                               weight=weight)
+    if introspect:
         target = zs_clean.detach() if p.detach_self else zs_clean
         terms["kl_self"] = p.alpha * kl(zs_adv, target, p.kl_reduction, weight=1.0 - trust)
     if p.alpha < 1:

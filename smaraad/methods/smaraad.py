@@ -6,7 +6,10 @@ Decisions where the paper is silent (each one a switch in the params below):
   Maps are ReLU'd and min-max normalised per image before Eq. 7 (`cam_relu`, `cam_norm`).
 - Eq. 8: the attack maximises KL(S(x'), T(x')) + L_align(x') with the teacher on the moving point
   (it is differentiated through, parameters frozen); the student is in eval mode during the attack
-  (`student_mode`), so batch-norm statistics see only the outer minimisation's inputs.
+  (`student_mode`), so batch-norm statistics see only the outer minimisation's inputs. The paper
+  does not say where the attack starts: `attack_start` "uniform" (in the eps-ball, Madry's PGD
+  start, the default) or "normal" (x + 0.001 N(0, 1), the start of AdaAD's attack, which Eq. 8
+  extends with L_align).
 - Eq. 9: terms whose weight is zero are not computed (alpha = 1, the paper's value, drops the clean
   terms). c is a constant: it shifts the loss and changes no gradient; it is logged as `const`.
 - Ablation (Figure 4): the four variants keep Eq. 8's attack and change only the outer loss, so
@@ -46,6 +49,8 @@ class SmaraADParams:
     cam_relu: bool = choice(True, (True, False), "rectify CAMs before normalising")
     cam_size: int = num(0, 0, None, doc="G's common size (0 = the larger of the two maps)")
     student_mode: str = choice("eval", ("eval", "train"), "student's mode during the attack")
+    attack_start: str = choice("uniform", ("uniform", "normal"), "Eq. 8's start: uniform in the "
+                               "eps-ball, or x + 0.001 N(0, 1) (AdaAD's)")
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def inner_max(ctx: Context, x: Tensor, y: Tensor) -> Tensor:
         return total.sum()
 
     with model_mode(ctx.student, p.student_mode == "train"):
-        return perturb(loss, x, eps=ctx.eps, step=ctx.step, steps=ctx.steps)
+        return perturb(loss, x, eps=ctx.eps, step=ctx.step, steps=ctx.steps, start=p.attack_start)
 
 
 def distill_terms(ctx: Context, x: Tensor, y: Tensor, x_adv: Tensor,
