@@ -37,7 +37,11 @@ def test_the_registry_says_what_the_paper_reports():
     assert set(metrics.orderings()) == {("clean", "fgsm"), ("fgsm", "pgd20"), ("pgd20", "aa"),
                                         ("clean", "cw"), ("cw", "aa")}
     assert metrics.by_key("test/cam_dist").higher_is_better is False
-    assert [m.column for m in metrics.summary_metrics()][-1] == "CAM dist. (lower is better)"
+    columns = [m.column for m in metrics.summary_metrics()]
+    assert columns[-3:] == ["CAM dist. (lower is better)", "Transfer PGD-20 (%)",
+                            "Transfer CW-inf (%)"]  # the black-box metrics' transfer forms last
+    assert metrics.transfer_keys() == {"blackbox/pgd20_acc": "test/transfer_pgd20_acc",
+                                       "blackbox/cw_acc": "test/transfer_cw_acc"}
 
 
 def test_a_new_entry_reaches_suite_flags_summary_and_report(with_pgd50, tmp_path):
