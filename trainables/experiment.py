@@ -91,13 +91,18 @@ class RecordingASHA(ASHAScheduler):
     from one interrupted by Ctrl-C (Tune reports both as terminated).
 
     max_t is one more than the epochs: plain ASHA stops a trial when it reports its last epoch,
-    which would cut off the final evaluation that follows it."""
+    which would cut off the final evaluation that follows it. For the same reason a rung at the
+    last epoch (grace_period x reduction_factor^k = epochs, or a grace period of the whole run)
+    decides nothing: the trial has trained in full, and stopping it would save only its
+    evaluation and lose its test metrics."""
 
     def __init__(self, *, exp_dir: str, epochs: int, **kw):
         super().__init__(time_attr="epoch", max_t=epochs + 1, **kw)
         self.exp_dir, self.epochs = exp_dir, epochs
 
     def on_trial_result(self, tune_controller, trial, result):
+        if result.get("epoch", 0) >= self.epochs:
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and not result.get(COMPLETED):
             _record_stopped(self.exp_dir, trial.trial_id)
