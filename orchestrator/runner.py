@@ -28,6 +28,8 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
         preset_config({**r.base, **v})
     cpus = cpu_count()
     ex.init_ray(args.address, None if args.address else cpus)
+    if args.address:  # trials run on the cluster's CPUs, not on this machine's
+        cpus = ex.cluster_cpus()
 
     teacher = None
     if needs_teacher(methods):

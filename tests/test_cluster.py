@@ -28,6 +28,9 @@ from services import ROOT, stop_group
 pytestmark = pytest.mark.slow
 EPOCHS = 4
 RUN_TIMEOUT_S = 400
+# smaller still than --smoke-test: 500 training and 200 validation images, 32 test images
+SMALL = ("--set", "train_size=700", "--set", "val_size=200", "--attacks", "clean,pgd20",
+         "--eval-n", "32")
 SPACE = """description: TRADES's beta on a cluster
 kind: tune
 metric: val/pgd_acc
@@ -38,12 +41,13 @@ asha: {grace_period: 100}
 """
 
 
-def start_tune(cluster, workdir: Path, storage: Path, name: str, tracking: str, *extra: str):
+def start_tune(cluster, workdir: Path, storage: Path, name: str, tracking: str, *extra: str,
+               epochs: int = EPOCHS):
     space = workdir / "cluster_space.yaml"
     space.write_text(SPACE)
     argv = [sys.executable, "-m", "orchestrator.tune", "--space", str(space), "--smoke-test",
-            "--num-samples", "2", "--epochs", str(EPOCHS), "--attacks", "clean,pgd20",
-            "--eval-n", "32", "--address", cluster.address, "--storage-path", str(storage),
+            "--num-samples", "2", "--epochs", str(epochs), *SMALL,
+            "--address", cluster.address, "--storage-path", str(storage),
             "--tracking-uri", tracking, "--name", name, "--no-report", *extra]
     log = open(workdir / f"{name}-{int(time.time() * 1000)}.log", "wb")
     proc = subprocess.Popen(argv, cwd=workdir, env={**cluster.env, "OMP_NUM_THREADS": "1"},
@@ -88,24 +92,39 @@ def wait_for(condition, proc, what: str, timeout: float = RUN_TIMEOUT_S):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def test_a_driver_with_a_wrong_token_is_refused_in_one_line(ray_cluster, tmp_path):
+    env = {k: v for k, v in ray_cluster.env.items() if not k.startswith("RAY_AUTH")}
+    # a token of the wrong cluster, and Ray's GCS connection retries cut from ~20 s to 2
+    env.update(RAY_AUTH_TOKEN="0" * 64, RAY_gcs_server_port_wait_time_s="2")
+    argv = [sys.executable, "-m", "orchestrator.tune", "--smoke-test", "--address",
+            ray_cluster.address, "--storage-path", str(tmp_path / "ray"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr
+    assert f"--address {ray_cluster.address}" in errors[0] and "RAY_AUTH_TOKEN" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
 def test_killed_driver_resumes_on_the_same_cluster(ray_cluster, shared_storage, tmp_path):
     tracking = f"sqlite:///{shared_storage / 'driver-kill.db'}"
     c = MlflowClient(tracking_uri=tracking)
     name = "driver-kill"
     args = (ray_cluster, tmp_path, shared_storage / "ray", name, tracking)
-    proc = start_tune(*args)
+    proc = start_tune(*args, epochs=3)
     wait_for(lambda: any(epochs_logged(c, r) for r in trial_runs(c, name)), proc,
              "a trial logged its first epoch")
     stop_group(proc, signal.SIGKILL)  # the driver only: the cluster lives on
 
-    out = finish(start_tune(*args, "--resume"))
+    out = finish(start_tune(*args, "--resume", epochs=3))
     assert "interrupted" not in out
     runs = trial_runs(c, name)
     trial_ids = [r.data.tags["smaraad.trial_id"] for r in runs]
     assert len(trial_ids) == 2 and len(set(trial_ids)) == 2  # no second run per trial
     for run in runs:
         assert run.info.status == "FINISHED" and run.data.tags["smaraad.completed"] == "true"
-        assert set(epochs_logged(c, run)) == set(range(1, EPOCHS + 1))
+        assert set(epochs_logged(c, run)) == {1, 2, 3}
 
 
 def test_both_nodes_log_to_postgres_and_a_lost_node_loses_no_epoch(
