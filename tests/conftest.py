@@ -50,6 +50,13 @@ def postgres():
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; on Debian: "
                     "apt-get install postgresql (.ci/run does)")
+    if os.geteuid() == 0:
+        import pwd
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("PostgreSQL refuses to run as root and there is no `postgres` user to run "
+                        "it as (Debian's postgresql package creates one)")
     server = Postgres(bindir)
     yield server
     server.stop()
