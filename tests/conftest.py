@@ -27,7 +27,8 @@ def run_cli(main, argv, capsys):
 # Ray notices a lost node after health_check_failure_threshold missed checks, one every
 # health_check_period_ms (defaults 5 x 3 s); the cluster tests lose one on purpose and need not
 # wait that long. The GCS on the head reads these at start.
-FAST_NODE_FAILURE = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+FAST_NODE_FAILURE = {"RAY_health_check_period_ms": "1000",
+                     "RAY_health_check_failure_threshold": "3"}
 
 
 @pytest.fixture(scope="module")

@@ -220,11 +220,13 @@ def mlflow_server(backend_uri: str, *, artifact_root: str | None = None):
     """`mlflow server` on 127.0.0.1, the low-memory way (one worker, no job runner); yields its
     http:// address once /health answers, raises RuntimeError if it never does."""
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
     if artifact_root:
         cmd += ["--default-artifact-root", artifact_root]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # the store's URI (a database password in it) goes by environment, not on the command line
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_BACKEND_STORE_URI": backend_uri}
     # its own process group: the server forks a uvicorn worker, and both must go at the end
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
