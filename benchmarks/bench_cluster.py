@@ -27,23 +27,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from services import RayCluster  # noqa: E402  (the tests' cluster helper)
+from services import CLUSTER_SPACE, SMALL_RUN, RayCluster  # noqa: E402  (the tests' helpers)
 
-SPACE = """description: TRADES's beta, no early stopping
-kind: tune
-metric: val/pgd_acc
-base: {method: trades}
-search:
-  beta: {distribution: loguniform, low: 0.5, high: 20.0}
-asha: {grace_period: 100}
-"""
 
 
 def tune_once(cluster: RayCluster, work: Path, name: str, args) -> tuple[float, str]:
     argv = [sys.executable, "-m", "orchestrator.tune", "--space", str(work / "space.yaml"),
             "--smoke-test", "--num-samples", str(args.trials), "--epochs", str(args.epochs),
-            "--set", "train_size=700", "--set", "val_size=200", "--attacks", "clean,pgd20",
-            "--eval-n", "32", "--address", cluster.address,
+            *SMALL_RUN, "--address", cluster.address,
             "--storage-path", str(work / "shared" / "ray"),
             "--tracking-uri", f"sqlite:///{work / 'shared' / 'mlflow.db'}",
             "--name", name, "--no-report"]
@@ -67,7 +58,7 @@ def main():
     if args.cpus < 2 or args.cpus % 2:
         sys.exit("--cpus: an even number >= 2 (B splits it over two nodes)")
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    (work / "space.yaml").write_text(SPACE)
+    (work / "space.yaml").write_text(CLUSTER_SPACE)
     (work / "shared").mkdir()
     layouts = {"one node": dict(head_cpus=args.cpus, worker_cpus=()),
                "two nodes": dict(head_cpus=args.cpus // 2, worker_cpus=(args.cpus // 2,))}

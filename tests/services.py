@@ -27,6 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 60
+# The cluster tests' and benchmark's search space: TRADES's beta (no teacher to train), ASHA's
+# grace period past the last epoch, so no trial is stopped early and each runs all its epochs.
+CLUSTER_SPACE = """description: TRADES's beta on a cluster
+kind: tune
+metric: val/pgd_acc
+base: {method: trades}
+search:
+  beta: {distribution: loguniform, low: 0.5, high: 20.0}
+asha: {grace_period: 100}
+"""
+# smaller still than --smoke-test: 500 training and 200 validation images, 32 test images
+SMALL_RUN = ("--set", "train_size=700", "--set", "val_size=200", "--attacks", "clean,pgd20",
+             "--eval-n", "32")
 
 
 def free_ports(n: int) -> list[int]:

@@ -7,13 +7,12 @@ a `ray start` cluster (token authentication on) and writes to a shared storage f
   last checkpoint on the surviving head node, in the same MLflow run, with no epoch missing;
 - the driver is killed: `--resume` on the same cluster and storage completes every trial.
 
-The space searches TRADES's beta (no teacher to train) with ASHA's grace period at the last epoch,
-so no trial is stopped early and every trial must run all its epochs.
+The space searches TRADES's beta (no teacher to train) with ASHA's grace period past the last
+epoch, so no trial is stopped early and every trial must run all its epochs.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,30 +22,19 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import ROOT, stop_group
+from services import CLUSTER_SPACE, SMALL_RUN, stop_group
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
 RUN_TIMEOUT_S = 400
-# smaller still than --smoke-test: 500 training and 200 validation images, 32 test images
-SMALL = ("--set", "train_size=700", "--set", "val_size=200", "--attacks", "clean,pgd20",
-         "--eval-n", "32")
-SPACE = """description: TRADES's beta on a cluster
-kind: tune
-metric: val/pgd_acc
-base: {method: trades}
-search:
-  beta: {distribution: loguniform, low: 0.5, high: 20.0}
-asha: {grace_period: 100}
-"""
 
 
 def start_tune(cluster, workdir: Path, storage: Path, name: str, tracking: str, *extra: str,
                epochs: int = EPOCHS):
     space = workdir / "cluster_space.yaml"
-    space.write_text(SPACE)
+    space.write_text(CLUSTER_SPACE)
     argv = [sys.executable, "-m", "orchestrator.tune", "--space", str(space), "--smoke-test",
-            "--num-samples", "2", "--epochs", str(epochs), *SMALL,
+            "--num-samples", "2", "--epochs", str(epochs), *SMALL_RUN,
             "--address", cluster.address, "--storage-path", str(storage),
             "--tracking-uri", tracking, "--name", name, "--no-report", *extra]
     log = open(workdir / f"{name}-{int(time.time() * 1000)}.log", "wb")
