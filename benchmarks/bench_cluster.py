@@ -5,10 +5,10 @@ A: `ray start --head --num-cpus N` alone; B: a head and a worker of N/2 CPUs eac
 machine, joined the way tests/test_cluster.py joins them (token authentication on, a shared storage
 folder). The same `python -m orchestrator.tune --address ...` runs on each: TRADES's beta, 8
 trials, no early stopping (so both do the same trial-epochs), the small embedded data of the
-cluster tests. A and B alternate so a drift in the machine's speed hits both. Prints the wall time
-of each tune command (the cluster's own start is timed apart), the trial-epochs, and the ratio
-B/A, expected near 1: on one machine a second node adds only the object transfers between two
-object stores and the trials' placement.
+cluster tests. A and B alternate (A B, B A, ...) so a drift in the machine's speed hits both.
+Prints the wall time of each tune command (the cluster's own start is timed apart), the
+trial-epochs, and the ratio B/A, expected near 1: on one machine a second node adds only the
+object transfers between two object stores and the trials' placement.
 
     python benchmarks/bench_cluster.py [--trials 8] [--epochs 3] [--cpus 2] [--pairs 1]
 """
@@ -65,7 +65,8 @@ def main():
     walls: dict[str, list[float]] = {k: [] for k in layouts}
     try:
         for i in range(args.pairs):
-            for label, layout in layouts.items():
+            order = list(layouts.items())
+            for label, layout in order if i % 2 == 0 else order[::-1]:  # ABBA: drift hits both
                 t = time.perf_counter()
                 cluster = RayCluster(**layout)
                 started = time.perf_counter() - t
