@@ -25,8 +25,9 @@ from mlflow.tracking import MlflowClient
 from services import CLUSTER_SPACE, SMALL_RUN, stop_group
 
 pytestmark = pytest.mark.slow
-EPOCHS = 4
+EPOCHS = 6  # the kill must land between a trial's 2nd and last epoch: ~1 s each on an idle CPU
 RUN_TIMEOUT_S = 400
+POLL_S = 0.25
 
 
 def start_tune(cluster, workdir: Path, storage: Path, name: str, tracking: str, *extra: str,
@@ -75,7 +76,7 @@ def wait_for(condition, proc, what: str, timeout: float = RUN_TIMEOUT_S):
         if proc.poll() is not None:
             pytest.fail(f"the tune command ended before {what}:\n"
                         + proc.log_path.read_text()[-4000:])
-        time.sleep(1)
+        time.sleep(POLL_S)
     stop_group(proc, signal.SIGKILL)
     pytest.fail(f"timed out waiting for {what}")
 
@@ -133,9 +134,13 @@ def test_both_nodes_log_to_postgres_and_a_lost_node_loses_no_epoch(
                      and "smaraad.completed" not in r.data.tags
                      and 2 <= len(epochs_logged(c, r)) < EPOCHS), None)
 
-    victim = wait_for(victim_mid_trial, proc, "a trial on the worker node logged its 2nd epoch")
-    ray_cluster.kill("worker0")  # its checkpoint of epoch 1 at least is in the shared storage
-    finish(proc)
+    try:
+        victim = wait_for(victim_mid_trial, proc, "a trial on the worker node logged its 2nd epoch")
+        ray_cluster.kill("worker0")  # its checkpoint of epoch 1 at least is in the shared storage
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            stop_group(proc, signal.SIGKILL)
     assert seen_nodes - {None} == {head, worker}  # both nodes ran a trial at the same time
 
     runs = trial_runs(c, name)
