@@ -117,6 +117,8 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     data = load_splits(r.base_cfg, download=r.download)
     cpus = cpu_count()
     ex.init_ray(args.address, None if args.address else cpus)
+    if args.address:  # trials run on the cluster's CPUs, not on this machine's
+        cpus = ex.cluster_cpus()
 
     teachers = {}
     if needs_teacher(methods) or transfer == TRANSFER_TEACHER:

@@ -22,6 +22,7 @@ import urllib.request
 
 import pytest
 import torch
+from services import get, mlflow_server
 from test_analysis import store  # noqa: F401  (the module-scoped store fixture)
 
 from analysis import load_runs
@@ -40,9 +41,7 @@ def _free_port() -> int:
 
 
 def _get(base: str, endpoint: str, **query) -> bytes:
-    url = f"{base}{endpoint}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read()
+    return get(base, f"{endpoint}?{urllib.parse.urlencode(query)}")
 
 
 def _search(base: str, experiment_id: str, filter_string: str) -> list[dict]:
@@ -57,35 +56,11 @@ def _search(base: str, experiment_id: str, filter_string: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def server(store):  # noqa: F811
     """`mlflow server` on the store, the low-memory way (one worker, no job runner)."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    # its own process group: the server forks a uvicorn worker, and both must go at the end
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if _get(base, "/health") == b"OK":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"mlflow server did not answer within {START_TIMEOUT_S} s "
-                            f"(exit code {proc.poll()})")
-            time.sleep(0.5)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stderr.close()
+        with mlflow_server(store.uri) as base:
+            yield base
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

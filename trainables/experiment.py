@@ -25,6 +25,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from smaraad import metrics
+from smaraad.cli import UsageError
 from smaraad.io import save_json
 
 from trainables.tracking import Tracking, close_trial_run
@@ -87,10 +88,34 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        join_cluster(address)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
+
+
+def join_cluster(address: str) -> None:
+    """Join a running cluster. Ray turns its token authentication on by itself only for
+    address="auto"; a driver that names the head's address gets it here too when this machine has
+    a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset.
+    A cluster without authentication ignores the token. A refused token is the user's to fix."""
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available)
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:
+        causes = f"{exc} {exc.__cause__!r}"
+        hint = ("the cluster wants its token: set RAY_AUTH_TOKEN to what `ray get-auth-token` "
+                "prints on the head, or RAY_AUTH_TOKEN_PATH to a file holding it"
+                if "InvalidAuthToken" in causes or "AuthenticationError" in causes else str(exc))
+        raise UsageError(f"--address {address}: cannot join the Ray cluster; {hint}") from None
+
+
+def cluster_cpus() -> int:
+    """CPUs of every node of the cluster joined (what bounds the trials at once)."""
+    return int(ray.cluster_resources().get("CPU", 1))
 
 
 STOPPED_FILE = "asha_stopped.json"
@@ -110,13 +135,18 @@ class RecordingASHA(ASHAScheduler):
     from one interrupted by Ctrl-C (Tune reports both as terminated).
 
     max_t is one more than the epochs: plain ASHA stops a trial when it reports its last epoch,
-    which would cut off the final evaluation that follows it."""
+    which would cut off the final evaluation that follows it. For the same reason a rung at the
+    last epoch (grace_period x reduction_factor^k = epochs, or a grace period of the whole run)
+    decides nothing: the trial has trained in full, and stopping it would save only its
+    evaluation and lose its test metrics."""
 
     def __init__(self, *, exp_dir: str, epochs: int, **kw):
         super().__init__(time_attr="epoch", max_t=epochs + 1, **kw)
         self.exp_dir, self.epochs = exp_dir, epochs
 
     def on_trial_result(self, tune_controller, trial, result):
+        if result.get("epoch", 0) >= self.epochs:
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and not result.get(COMPLETED):
             _record_stopped(self.exp_dir, trial.trial_id)

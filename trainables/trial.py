@@ -13,11 +13,13 @@ trial's own MLflow run.
 from __future__ import annotations
 
 import math
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -139,7 +141,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
     try:
         device = resolve_device(cfg.device)
-        run.set_tags({"smaraad.training_precision": training_precision(cfg)})
+        run.set_tags({"smaraad.training_precision": training_precision(cfg), **node_tags()})
         if resume is None:
             run.log_dict(cfg.to_flat(), "config.json")
             if chosen:
@@ -172,6 +174,14 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
         run.finish("FAILED")
         raise
+
+
+def node_tags() -> dict[str, str]:
+    """Where this attempt of the trial runs. A restarted trial (its node lost, or the experiment
+    resumed) overwrites them, so they name the node that ran its last epochs."""
+    return {"smaraad.node_id": ray.get_runtime_context().get_node_id(),
+            "smaraad.node_ip": ray.util.get_node_ip_address(),
+            "smaraad.hostname": socket.gethostname()}
 
 
 def _run_name(config: dict, trial_id: str) -> str:
