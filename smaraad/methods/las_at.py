@@ -99,7 +99,8 @@ def make_strategy(cfg, data) -> dict[str, AuxNet]:
     net = build_model(arch, num_classes=sum(heads(p)), mean=data.mean, std=data.std,
                       center=data.center)
     opt = torch.optim.SGD(net.parameters(), lr=p.policy_lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, epoch_points(p.policy_lr_at, cfg.epochs))
+    points = epoch_points(p.policy_lr_at, cfg.epochs)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, points) if points else None  # constant
     return {STRATEGY: AuxNet(net, opt, sched, trainer_steps=False)}
 
 
