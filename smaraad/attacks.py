@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smaraad.losses import at_least_fp32
+
 STARTS = ("uniform", "normal", "none")
 
 
@@ -79,7 +81,7 @@ def perturb(loss_fn: Callable[[Tensor], Tensor], x: Tensor, *, eps: float, step:
 
 
 def ce_loss(model: nn.Module, y: Tensor) -> Callable[[Tensor], Tensor]:
-    return lambda xa: F.cross_entropy(model(xa).float(), y, reduction="sum")
+    return lambda xa: F.cross_entropy(at_least_fp32(model(xa)), y, reduction="sum")
 
 
 def cw_loss(model: nn.Module, y: Tensor, kappa: float = 0.0) -> Callable[[Tensor], Tensor]:
@@ -90,7 +92,7 @@ def cw_loss(model: nn.Module, y: Tensor, kappa: float = 0.0) -> Callable[[Tensor
     classified image always has a gradient (a floor at -kappa would zero exactly those).
     """
     def loss(xa: Tensor) -> Tensor:
-        z = model(xa).float()
+        z = at_least_fp32(model(xa))
         z_y = z.gather(1, y[:, None]).squeeze(1)
         z_other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(dim=1)
         return (z_other - z_y).clamp(max=kappa).sum()

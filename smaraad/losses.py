@@ -19,6 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+
+def at_least_fp32(t: Tensor) -> Tensor:
+    """`t` in fp32 for the loss arithmetic, or float64 where it is float64.
+
+    Lifts autocast's bf16 (or fp16) outputs to fp32 without lowering a float64 computation: the
+    golden-value tests run whole losses, PGD included, in float64, where no CPU's last-bit rounding
+    can flip a signed step (in fp32, AVX2 and AVX-512 kernels give different x').
+    """
+    return t if t.dtype == torch.float64 else t.float()
+
+
 # ---------------------------------------------------------------------------------------------
 # Slack matching: soft ranks (Eq. 4) and the soft Spearman coefficient (Eq. 2-3)
 # ---------------------------------------------------------------------------------------------
@@ -58,10 +69,10 @@ class _SoftRank(torch.autograd.Function):
 
 
 def soft_rank(u: Tensor, gamma: float) -> Tensor:
-    """Soft ranks over the last dimension of a (B, C) tensor (Eq. 4), in fp32."""
+    """Soft ranks over the last dimension of a (B, C) tensor (Eq. 4), in fp32 (or float64)."""
     if u.dim() != 2:
         raise ValueError(f"soft_rank expects a (B, C) tensor, got shape {tuple(u.shape)}")
-    return _SoftRank.apply(u.float(), float(gamma))
+    return _SoftRank.apply(at_least_fp32(u), float(gamma))
 
 
 def soft_spearman(u: Tensor, v: Tensor, gamma: float, *, form: str = "eq2") -> Tensor:
@@ -98,8 +109,8 @@ def slack_matching(student_logits: Tensor, teacher_logits: Tensor, gamma: float,
     The paper ranks probabilities; the official code ranks raw logits. We follow the paper.
     """
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        ps = student_logits.float().softmax(dim=1)
-        pt = teacher_logits.float().softmax(dim=1)
+        ps = at_least_fp32(student_logits).softmax(dim=1)
+        pt = at_least_fp32(teacher_logits).softmax(dim=1)
         return -soft_spearman(ps, pt, gamma, form=form)
 
 
@@ -127,7 +138,7 @@ def cam(fmap: Tensor, fc_weight: Tensor, classes: Tensor, *, relu: bool = True,
     scaled by up to 1e8 into the features and classifier weights.
     """
     w = fc_weight.index_select(0, classes).to(fmap.dtype)  # (B, K)
-    m = torch.einsum("bk,bkhw->bhw", w, fmap).float()
+    m = at_least_fp32(torch.einsum("bk,bkhw->bhw", w, fmap))
     if relu:
         m = m.relu()
     if norm == "none":
@@ -172,13 +183,13 @@ def kl_div(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float
     """Per-sample KL(P_T || P_S) summed over classes, (B,): the `KL(S(x), T(x))` of the AD papers,
     i.e. torch's kl_div(log_softmax(S), softmax(T)). Reduction (batch mean, element mean, tau^2)
     is the caller's, so each method can name its own."""
-    log_ps = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_ps = F.log_softmax(at_least_fp32(student_logits) / temperature, dim=1)
+    log_pt = F.log_softmax(at_least_fp32(teacher_logits) / temperature, dim=1)
     return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
 
 
 def entropy_weight(logits: Tensor) -> Tensor:
     """w = clamp(1 - H(P) / log C, 0, 1) per sample (Eq. 10's entropy weight), (B,)."""
-    logp = F.log_softmax(logits.float(), dim=1)
+    logp = F.log_softmax(at_least_fp32(logits), dim=1)
     h = -(logp.exp() * logp).sum(dim=1)
     return (1.0 - h / math.log(logits.shape[1])).clamp(0.0, 1.0)

@@ -1,21 +1,30 @@
 """Writes tests/fixtures/golden_losses.json: every registered method's loss terms on fixed inputs.
 
-Run by hand, and only when a change of some method's loss is intended (say which in the commit):
+Adding a method: register it in smaraad/methods/__init__.py, run
 
     PYTHONPATH=. python tests/make_golden.py
 
-tests/test_baselines.py reads the fixture and never writes it; a method missing from it fails.
+and commit the fixture with the method (test_golden_loss covers every registered name; one with no
+entry fails). The writer keeps no list of methods; SECOND_STEP is only for a method whose state
+moves between steps. Cast logits with smaraad.losses.at_least_fp32, never `.float()`: `.float()`
+lowers this float64 computation to fp32 and the value stops being portable across CPUs.
+Rewrite the fixture only when a change of some method's loss is intended (say which in the commit);
+tests/test_baselines.py reads it and never writes it.
+
 The setup below (`run`) is shared with the tests so the writer and the reader cannot drift apart:
-fresh models from fixed seeds (small_cnn student, small_resnet teachers), 8 fixed 16x16 images,
-PGD with 2 steps at eps 8/255, step 2/255, epoch 6 of 10 (IAD's introspection term is on).
+small_cnn student and small_resnet teachers, 8 fixed 16x16 images, PGD with 2 steps at eps 8/255,
+step 2/255, epoch 6 of 10 (IAD's introspection term is on). Everything is float64 and every
+weight comes from `torch.rand` (see `portable`), so x' and the losses are the same on any CPU.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from smaraad.methods import METHODS, Context
 from smaraad.models import build_model
@@ -23,22 +32,43 @@ from smaraad.models import build_model
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_losses.json"
 EPOCH, EPOCHS = 6, 10
 SECOND_STEP = {"mtard": "mtard@step2"}  # extra keys: methods whose state moves between steps
+RTOL, ATOL = 1e-9, 1e-15  # float64 summation-order noise is ~1e-15; one flipped sign step ~1e-7
+
+
+def portable(model: nn.Module, seed: int) -> nn.Module:
+    """`model` in float64 with every conv and linear weight and bias redrawn as U(-b, b),
+    b = 1/sqrt(fan_in) (torch's default bound), from float64 `torch.rand`.
+
+    torch's own init (`uniform_(-b, b)`) rounds differently with and without FMA: the same seed
+    gives weights that differ in the last bit between AVX-512, AVX2 and plain kernels, which a few
+    sign steps later is a different x'. `torch.rand` draws the same bits everywhere, and the affine
+    map below is two correctly rounded operations. Batch-norm weights stay exactly 1 and 0.
+    """
+    g = torch.Generator().manual_seed(seed)
+    model = model.double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                bound = 1.0 / math.sqrt(m.weight[0].numel())
+                for p in (m.weight, m.bias):
+                    if p is not None:
+                        p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64)
+                                .mul_(2.0).sub_(1.0).mul_(bound))
+    return model
 
 
 def models():
     """(student in train mode, adversarial teacher, natural teacher), each from its own seed."""
-    torch.manual_seed(0)
-    student = build_model("small_cnn", num_classes=10).train()
-    torch.manual_seed(1)
-    teacher = build_model("small_resnet", num_classes=10).eval().requires_grad_(False)
-    torch.manual_seed(2)
-    natural = build_model("small_resnet", num_classes=10).eval().requires_grad_(False)
+    student = portable(build_model("small_cnn", num_classes=10), 0).train()
+    teacher = portable(build_model("small_resnet", num_classes=10), 1).eval().requires_grad_(False)
+    natural = portable(build_model("small_resnet", num_classes=10), 2).eval().requires_grad_(False)
     return student, teacher, natural
 
 
 def batch(seed: int, n: int = 8):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+    x = torch.rand(n, 3, 16, 16, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 10, (n,), generator=g)
 
 
 def run(name: str, *, calls: int = 1, epoch: int = EPOCH, epochs: int = EPOCHS, **params):
@@ -63,7 +93,12 @@ def as_floats(terms) -> dict[str, float]:
 
 
 def golden() -> dict[str, dict[str, float]]:
-    out = {name: as_floats(run(name)[0]) for name in sorted(METHODS)}
+    out = {}
+    for name in sorted(METHODS):
+        terms = run(name)[0]
+        lowered = sorted(k for k, v in terms.items() if v.dtype != torch.float64)
+        assert not lowered, f"{name}: terms {lowered} left float64 (a `.float()` in the loss?)"
+        out[name] = as_floats(terms)
     for name, key in SECOND_STEP.items():
         out[key] = as_floats(run(name, calls=2)[0])
     return out
@@ -71,8 +106,8 @@ def golden() -> dict[str, dict[str, float]]:
 
 if __name__ == "__main__":
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-    data = {"_about": f"written by tests/make_golden.py with torch {torch.__version__}; "
-                      "compared by tests/test_baselines.py with rtol 1e-4",
+    data = {"_about": f"written by tests/make_golden.py with torch {torch.__version__}, float64; "
+                      f"compared by tests/test_baselines.py with rtol {RTOL:g}, atol {ATOL:g}",
             "terms": golden()}
     FIXTURE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(data['terms'])} entries to {FIXTURE}")

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from smaraad.attacks import STARTS, ce_loss, model_mode, perturb
 from smaraad.fields import choice
-from smaraad.losses import kl_div
+from smaraad.losses import at_least_fp32, kl_div
 from smaraad.methods.base import Context
 
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +67,8 @@ def kl(student_logits: Tensor, teacher_logits: Tensor, reduction: str, *,
     value itself is used (MTARD's weights).
     """
     if log_eps > 0:
-        log_ps = F.log_softmax(student_logits.float() / temperature, dim=1)
-        pt = F.softmax(teacher_logits.float() / temperature, dim=1)
+        log_ps = F.log_softmax(at_least_fp32(student_logits) / temperature, dim=1)
+        pt = F.softmax(at_least_fp32(teacher_logits) / temperature, dim=1)
         per_sample = (pt * ((pt + log_eps).log() - log_ps)).sum(dim=1)
     else:
         per_sample = kl_div(student_logits, teacher_logits, temperature=temperature)
@@ -114,5 +114,5 @@ def adversarial(ctx: Context, x: Tensor, y: Tensor, *, attack: str, start: str,
 
 
 def ce(logits: Tensor, y: Tensor) -> Tensor:
-    """Batch-mean cross-entropy in fp32."""
-    return F.cross_entropy(logits.float(), y)
+    """Batch-mean cross-entropy in fp32 (float64 stays float64)."""
+    return F.cross_entropy(at_least_fp32(logits), y)

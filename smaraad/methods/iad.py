@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from smaraad.fields import choice, num
+from smaraad.losses import at_least_fp32
 from smaraad.methods.base import Context
 from smaraad.methods.common import (adversarial, attack_field, ce, kl, mode_field,
                                     reduction_field, start_field)
@@ -64,7 +65,7 @@ def iad_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         terms["kl_adv"] = p.alpha * t * t * kl(zs_adv, zt, p.kl_reduction, temperature=t)
     if introspect:
         with torch.no_grad():
-            p_true = F.softmax(ctx.teacher(x_adv).float(), dim=1).gather(1, y[:, None]).squeeze(1)
+            p_true = F.softmax(at_least_fp32(ctx.teacher(x_adv)), dim=1).gather(1, y[:, None]).squeeze(1)
             trust = p_true.pow(p.beta)
         target = zs_clean.detach() if p.detach_self else zs_clean
         terms["kl_self"] = p.alpha * kl(zs_adv, target, p.kl_reduction, weight=1.0 - trust)

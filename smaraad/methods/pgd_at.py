@@ -14,6 +14,7 @@ from torch import Tensor
 
 from smaraad.attacks import ce_loss, model_mode, perturb
 from smaraad.fields import choice
+from smaraad.losses import at_least_fp32
 from smaraad.methods.base import Context
 
 
@@ -26,4 +27,4 @@ def pgd_at_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     model = ctx.student
     with model_mode(model, ctx.params.student_mode == "train"):
         x_adv = perturb(ce_loss(model, y), x, eps=ctx.eps, step=ctx.step, steps=ctx.steps)
-    return {"ce_adv": F.cross_entropy(model(x_adv).float(), y)}
+    return {"ce_adv": F.cross_entropy(at_least_fp32(model(x_adv)), y)}

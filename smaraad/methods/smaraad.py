@@ -27,7 +27,8 @@ from torch import Tensor
 
 from smaraad.attacks import model_mode, perturb
 from smaraad.fields import choice, num
-from smaraad.losses import CAM_NORMS, align_maps, cam, entropy_weight, kl_div, slack_matching
+from smaraad.losses import (CAM_NORMS, align_maps, at_least_fp32, cam, entropy_weight, kl_div,
+                            slack_matching)
 from smaraad.methods.base import Context, batch_mean
 
 
@@ -101,7 +102,7 @@ def distill_terms(ctx: Context, x: Tensor, y: Tensor, x_adv: Tensor,
     `outputs` caches each input's (student logits, teacher logits) for Eq. 10.
     """
     p = ctx.params
-    terms = {"const": torch.full((x.shape[0],), p.c, device=x.device)}
+    terms = {"const": torch.full((x.shape[0],), p.c, device=x.device, dtype=x.dtype)}
     for name, inp, w in (("adv", x_adv, p.alpha), ("clean", x, 1.0 - p.alpha)):
         if w == 0:
             continue
@@ -150,7 +151,7 @@ def smaraad_pp_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     zs_clean = outputs["clean"][0] if "clean" in outputs else ctx.student(x)
 
     with torch.no_grad():
-        p_true = F.softmax(zt_adv.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+        p_true = F.softmax(at_least_fp32(zt_adv), dim=1).gather(1, y[:, None]).squeeze(1)
         confidence = p_true.pow(p.lam)
         if p.entropy_from == "teacher_adv":
             w = entropy_weight(zt_adv)
@@ -158,6 +159,6 @@ def smaraad_pp_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
             w = entropy_weight(ctx.teacher(x))
     rho = -slack_matching(zs_clean, zs_adv, p.gamma, form=p.rho_form)
     self_terms = {"rho": (1.0 - rho) if p.self_loss == "one_minus_rho" else -rho,
-                  "ce": F.cross_entropy(zs_clean.float(), y, reduction="none")}
+                  "ce": F.cross_entropy(at_least_fp32(zs_clean), y, reduction="none")}
     return {**batch_mean(per_sample, confidence * w, prefix="guide_"),
             **batch_mean(self_terms, 1.0 - confidence, prefix="self_")}
