@@ -42,6 +42,7 @@ from torch.distributions import Categorical
 
 from smaraad.attacks import ce_loss, model_mode, perturb
 from smaraad.fields import ConfigError, choice, num
+from smaraad.losses import at_least_fp32
 from smaraad.methods.base import AuxNet, Context, aux_term, epoch_points
 from smaraad.models import MODELS, build_model
 
@@ -106,15 +107,16 @@ def make_strategy(cfg, data) -> dict[str, AuxNet]:
 
 def sample_actions(ctx: Context, x: Tensor) -> tuple[list[Categorical], list[Tensor]]:
     """One categorical per head (eps, steps, step size) and an index sampled from each, (B,)."""
-    logits = ctx.aux[STRATEGY].module(x).float().split(heads(ctx.params), dim=1)
+    logits = at_least_fp32(ctx.aux[STRATEGY].module(x)).split(heads(ctx.params), dim=1)
     dists = [Categorical(logits=z) for z in logits]
     return dists, [d.sample() for d in dists]
 
 
-def budgets(p: LASATParams, actions: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image eps and step ([0, 1] units, (B, 1, 1, 1)) and step count (B,)."""
+def budgets(p: LASATParams, actions: list[Tensor], dtype=torch.float32
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image eps and step ([0, 1] units, (B, 1, 1, 1), `dtype`) and step count (B,)."""
     dev = actions[0].device
-    eps, steps, step = (torch.tensor(v, device=dev)[a] for v, a in
+    eps, steps, step = (torch.tensor(v, device=dev, dtype=dtype)[a] for v, a in
                         zip((p.eps_choices_255, p.steps_choices, p.step_choices_255), actions))
     return (eps / 255).view(-1, 1, 1, 1), (step / 255).view(-1, 1, 1, 1), steps.long()
 
@@ -127,7 +129,7 @@ def policy_attack(model, x: Tensor, y: Tensor, eps: Tensor, step: Tensor, steps:
     delta = ((x + torch.empty_like(x).uniform_(-start_eps, start_eps)).clamp(0, 1) - x)
     for t in range(int(steps.max().item()) if steps.numel() else 0):
         delta.requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(x + delta).float(), y, reduction="sum"),
+        (g,) = torch.autograd.grad(F.cross_entropy(at_least_fp32(model(x + delta)), y, reduction="sum"),
                                    delta)
         active = (steps > t).to(x.dtype).view(-1, 1, 1, 1)
         with torch.no_grad():
@@ -139,9 +141,10 @@ def policy_attack(model, x: Tensor, y: Tensor, eps: Tensor, step: Tensor, steps:
 def smoothed_ce(logits: Tensor, y: Tensor, factor: float) -> Tensor:
     """CE against `factor` on the true class and (1 - factor) / (C - 1) on each other class."""
     c = logits.shape[1]
-    one_hot = F.one_hot(y, c).float()
+    logp = F.log_softmax(at_least_fp32(logits), dim=1)
+    one_hot = F.one_hot(y, c).to(logp.dtype)
     target = one_hot * factor + (1 - one_hot) * (1 - factor) / (c - 1)
-    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+    return -(target * logp).sum(dim=1).mean()
 
 
 def reward(ctx: Context, x: Tensor, y: Tensor, x_adv: Tensor) -> float:
@@ -149,7 +152,7 @@ def reward(ctx: Context, x: Tensor, y: Tensor, x_adv: Tensor) -> float:
     accuracy, each scaled and clamped."""
     p, student = ctx.params, ctx.student
     with torch.no_grad(), model_mode(student, False):
-        r1 = F.cross_entropy(student(x_adv).float(), y).clamp(0, 10).item()
+        r1 = F.cross_entropy(at_least_fp32(student(x_adv)), y).clamp(0, 10).item()
     if ctx.student_optimizer is None:
         raise ValueError("las_at needs ctx.student_optimizer: its reward imitates a student step")
     group = ctx.student_optimizer.param_groups[0]
@@ -178,7 +181,8 @@ def policy_update(ctx: Context, x: Tensor, y: Tensor) -> None:
     with model_mode(net.module, True):
         dists, actions = sample_actions(ctx, x)
     with model_mode(ctx.student, False):
-        x_adv = policy_attack(ctx.student, x, y, *budgets(p, actions), p.start_eps_255 / 255)
+        x_adv = policy_attack(ctx.student, x, y, *budgets(p, actions, x.dtype),
+                              p.start_eps_255 / 255)
     r = reward(ctx, x, y, x_adv)
     loss = -r * sum(d.log_prob(a).mean() for d, a in zip(dists, actions))
     net.optimizer.zero_grad(set_to_none=True)
@@ -196,10 +200,10 @@ def las_at_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         policy_update(ctx, x, y)  # before the student's attack, as in the reference
     with torch.no_grad(), model_mode(ctx.aux[STRATEGY].module, False):
         _, actions = sample_actions(ctx, x)
-    eps, step, steps = budgets(p, actions)
+    eps, step, steps = budgets(p, actions, x.dtype)
     with model_mode(ctx.student, False):
         x_adv = policy_attack(ctx.student, x, y, eps, step, steps, p.start_eps_255 / 255)
-    log = lambda v: torch.tensor(float(v), device=x.device)  # noqa: E731  logging-only terms
+    log = lambda v: torch.tensor(float(v), device=x.device, dtype=x.dtype)  # noqa: E731 (logging)
     return {"ce_adv_ls": smoothed_ce(ctx.student(x_adv), y, p.factor),
             aux_term(STRATEGY, "reward"): log(s.get("las_at/reward", 0.0)),
             aux_term(STRATEGY, "policy_loss"): log(s.get("las_at/policy_loss", 0.0)),

@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from smaraad.attacks import model_mode, perturb
@@ -93,7 +92,7 @@ def peeraid_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     tp, t = p.peer_temperature, p.temperature
     peer_kl = kl(zp_adv, zs_target.detach() if p.detach_student else zs_target, p.kl_reduction,
                  temperature=tp)
-    terms = {aux_term(PEER, "ce_adv"): p.gamma1 * F.cross_entropy(zp_adv.float(), y),
+    terms = {aux_term(PEER, "ce_adv"): p.gamma1 * ce(zp_adv, y),
              aux_term(PEER, "kl_student"): p.gamma2 * tp * tp * peer_kl}
     zs_adv, zs_clean = student(x_adv), student(x)
     if p.lamb1 > 0:
