@@ -67,19 +67,21 @@ def main():
     ap.add_argument("--teacher", default="small_resnet")
     ap.add_argument("--size", type=int, default=16, help="image side")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated; the "
+                    "first is the baseline of the ratios")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{args.threads} threads, {dev}; {args.arch} <- {args.teacher}, {args.size}x"
           f"{args.size}, batch {args.batch}, {args.steps} PGD steps; median of {args.repeats} "
-          f"blocks of {args.block} steps, fp32")
+          f"blocks of {args.block} steps, fp32", flush=True)
     torch.manual_seed(0)
     teacher = build_model(args.teacher, num_classes=10).to(dev).eval().requires_grad_(False)
     x = torch.rand(args.batch, 3, args.size, args.size, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
     base = None
-    for name in METHOD_NAMES:
+    for name in args.methods.split(","):
         ctx, stepped = make_ctx(name, args.arch, teacher, args.steps, args.size)
         for m in (ctx.student, *(a.module for a in ctx.aux.values())):
             m.to(dev)
@@ -96,7 +98,8 @@ def main():
             times.append((time.perf_counter() - t) / args.block)
         ms = statistics.median(times) * 1e3
         base = base or ms
-        print(f"{name:<8} {ms:8.1f} ms/step   x{ms / base:.2f} of pgd_at")
+        print(f"{name:<8} {ms:8.1f} ms/step   x{ms / base:.2f} of {args.methods.split(',')[0]}",
+              flush=True)
 
 
 if __name__ == "__main__":
