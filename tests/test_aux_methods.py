@@ -43,7 +43,6 @@ def test_the_aux_methods_are_registered():
     assert AUX_METHODS == ["las_at", "peeraid"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", AUX_METHODS)
 def test_a_resumed_run_continues_with_its_auxiliary_network_and_optimiser(name, data, tmp_path):
     """2 epochs straight vs killed after epoch 1 and resumed from the state on disk (loaded with
