@@ -3,10 +3,15 @@
 `fit(cfg, teacher=..., report=...)` trains and returns (model, last metrics). After every epoch it
 calls `report(metrics, state)`: metrics are `epoch`, `lr`, `train/loss`, `train/loss_<term>` per named
 term, `val/clean_acc`, `val/pgd_acc` (fractions, on the validation split held out of the training
-set); state is everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch),
-made of tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
+set); state is everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch,
+the method's state and its auxiliary networks with their optimisers and schedules), made of
+tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
 state as `resume=` continues the run as if it had never stopped. The state holds the live tensors
 (no copy per epoch): save it inside the callback.
+
+A method's auxiliary networks (smaraad/methods/base.py, `AuxNet`) are trained here but never
+evaluated or returned: an auxiliary term "<aux>/<term>" is logged as `train/<aux>/loss_<term>`
+and is not part of `train/loss`.
 
 This module never imports Ray or MLflow: trainables/ adapts `report` to them.
 """
@@ -24,7 +29,7 @@ from smaraad.config import ConfigError, TrainConfig
 from smaraad.data import BatchLoader, Splits, load_data
 from smaraad.evaluation import accuracy
 from smaraad.methods import METHODS, Context
-from smaraad.methods.base import epoch_points
+from smaraad.methods.base import AuxNet, epoch_points, is_aux_term, sgd_schedule
 from smaraad.models import build_model, fold_batchnorm
 
 Report = Callable[[dict, dict], None]
@@ -122,9 +127,12 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
         teacher = prepare_teacher(teacher, device, data.num_classes, memory)
     if natural_teacher is not None and spec.needs_natural_teacher:
         natural_teacher = prepare_teacher(natural_teacher, device, data.num_classes, memory)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(cfg), gamma=cfg.lr_decay)
+    opt, sched = sgd_schedule(model, lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay, milestones=cfg.lr_milestones,
+                              epochs=cfg.epochs, decay=cfg.lr_decay)
+    aux: dict[str, AuxNet] = spec.aux(cfg, data) if spec.aux else {}
+    for net in aux.values():  # .to() keeps the Parameter objects the optimiser holds
+        net.module.to(device, memory_format=memory or torch.preserve_format)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = BatchLoader(data.train, cfg.batch_size, shuffle=True, augment=True, generator=gen,
                          device=device)
@@ -138,41 +146,49 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
         if device.type == "cuda" and "cuda" in resume["rng"]:
             torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
         start, metrics = resume["epoch"], dict(resume.get("metrics", {}))
+        restore_aux(aux, resume.get("aux", {}))
 
     ctx = Context(student=model, teacher=teacher if spec.needs_teacher else None,
                   params=cfg.params, eps=from_255(cfg.eps_255), step=from_255(cfg.step_255),
                   steps=cfg.attack_steps, epochs=cfg.epochs,
                   natural_teacher=natural_teacher if spec.needs_natural_teacher else None,
-                  state=dict(resume.get("method_state", {})) if resume else {})
+                  state=dict(resume.get("method_state", {})) if resume else {},
+                  aux=aux, student_optimizer=opt)
+    stepped = [opt, *(net.optimizer for net in aux.values() if net.trainer_steps)]
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         ctx.epoch = epoch
         lr = opt.param_groups[0]["lr"]
         sums: dict[str, torch.Tensor] = {}
         seen = 0
-        model.train()
+        for m in (model, *(net.module for net in aux.values())):
+            m.train()
         for x, y in loader:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 terms = spec.loss(ctx, x, y)
-            loss = torch.stack(list(terms.values())).sum()
-            if not torch.isfinite(loss):
-                raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1} "
+            total = torch.stack(list(terms.values())).sum()  # student's and auxiliary terms
+            if not torch.isfinite(total):
+                raise DivergedError(f"loss is {total.item()} at epoch {epoch + 1} "
                                     f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            for o in stepped:
+                o.zero_grad(set_to_none=True)
+            total.backward()
+            for o in stepped:
+                o.step()
             n = y.shape[0]
-            for k, v in (("", loss), *((f"_{k}", v) for k, v in terms.items())):
+            loss = sum(v.detach() for k, v in terms.items() if not is_aux_term(k))
+            for k, v in (("train/loss", loss), *((term_metric(k), v) for k, v in terms.items())):
                 sums[k] = sums.get(k, 0.0) + v.detach() * n
             seen += n
-        sched.step()
+        for scheduler in (sched, *(net.scheduler for net in aux.values() if net.scheduler)):
+            scheduler.step()
         metrics = {"epoch": epoch + 1, "lr": lr,
-                   **{f"train/loss{k}": (v / seen).item() for k, v in sums.items()},
+                   **{k: (v / seen).item() for k, v in sums.items()},
                    **validate(model, data, cfg, device),
                    "time/epoch_s": time.perf_counter() - t0}
         state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "metrics": metrics, "config": cfg.to_flat(),
-                 "method_state": ctx.state,
+                 "method_state": ctx.state, "aux": aux_state(aux),
                  "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state(),
                          **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {})}}
         if log:
@@ -183,9 +199,36 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
     return model, metrics
 
 
+def term_metric(key: str) -> str:
+    """The metric of a loss term: train/loss_<term>, or train/<aux>/loss_<term> for an auxiliary
+    network's term "<aux>/<term>"."""
+    if is_aux_term(key):
+        name, term = key.split("/", 1)
+        return f"train/{name}/loss_{term}"
+    return f"train/loss_{key}"
+
+
+def aux_state(aux: dict[str, AuxNet]) -> dict:
+    """Each auxiliary network's weights, optimiser and schedule (tensors and plain types)."""
+    return {name: {"model": net.module.state_dict(), "optimizer": net.optimizer.state_dict(),
+                   **({"scheduler": net.scheduler.state_dict()} if net.scheduler else {})}
+            for name, net in aux.items()}
+
+
+def restore_aux(aux: dict[str, AuxNet], saved: dict) -> None:
+    if set(saved) != set(aux):
+        raise ConfigError(f"resume: the state holds auxiliary networks {sorted(saved)}, the "
+                          f"method has {sorted(aux)}")
+    for name, net in aux.items():
+        net.module.load_state_dict(saved[name]["model"])
+        net.optimizer.load_state_dict(saved[name]["optimizer"])
+        if net.scheduler:
+            net.scheduler.load_state_dict(saved[name]["scheduler"])
+
+
 def progress_line(m: dict, epochs: int) -> str:
-    terms = " ".join(f"{k[len('train/loss_'):]}={v:.3f}" for k, v in m.items()
-                     if k.startswith("train/loss_"))
+    terms = " ".join(f"{k[len('train/'):].replace('loss_', '')}={v:.3f}" for k, v in m.items()
+                     if k.startswith("train/") and "loss_" in k)
     return (f"epoch {m['epoch']:>3}/{epochs}  lr {m['lr']:.4g}  loss {m['train/loss']:.4f} "
             f"({terms})  val clean {m['val/clean_acc']:.3f}  val pgd {m['val/pgd_acc']:.3f}  "
             f"{m['time/epoch_s']:.1f}s")

@@ -22,16 +22,20 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
+from smaraad.config import TrainConfig
 from smaraad.methods import METHODS, Context
 from smaraad.models import build_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_losses.json"
 EPOCH, EPOCHS = 6, 10
 SECOND_STEP = {"mtard": "mtard@step2"}  # extra keys: methods whose state moves between steps
+VARIANTS = {"las_at@policy": ("las_at", {"interval": 1})}  # extra keys: a setting's own path
+DATA = SimpleNamespace(num_classes=10, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), center=False)
 RTOL, ATOL = 1e-9, 1e-15  # float64 summation-order noise is ~1e-15; one flipped sign step ~1e-7
 
 
@@ -76,10 +80,17 @@ def run(name: str, *, calls: int = 1, epoch: int = EPOCH, epochs: int = EPOCHS, 
     Context (no optimiser step between them). Returns (last terms, student, ctx)."""
     spec = METHODS[name]
     student, teacher, natural = models()
+    cfg = TrainConfig.from_flat({"method": name, "student": "small_cnn", "epochs": epochs,
+                                 **params})
+    aux = spec.aux(cfg, DATA) if spec.aux else {}  # a method's own networks (PeerAiD, LAS-AT)
+    for seed, net in enumerate(aux.values(), start=4):
+        portable(net.module, seed).train()
     ctx = Context(student=student, teacher=teacher if spec.needs_teacher else None,
                   natural_teacher=natural if spec.needs_natural_teacher else None,
-                  params=spec.make_params(params), eps=8 / 255, step=2 / 255, steps=2,
-                  epoch=epoch, epochs=epochs)
+                  params=cfg.params, eps=8 / 255, step=2 / 255, steps=2,
+                  epoch=epoch, epochs=epochs, aux=aux,
+                  student_optimizer=torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9,
+                                                    weight_decay=5e-4))
     torch.manual_seed(3)  # the attacks' random starts
     terms = {}
     for i in range(calls):
@@ -101,6 +112,8 @@ def golden() -> dict[str, dict[str, float]]:
         out[name] = as_floats(terms)
     for name, key in SECOND_STEP.items():
         out[key] = as_floats(run(name, calls=2)[0])
+    for key, (name, params) in VARIANTS.items():
+        out[key] = as_floats(run(name, **params)[0])
     return out
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from make_golden import ATOL, FIXTURE, RTOL, SECOND_STEP, as_floats, run
+from make_golden import ATOL, FIXTURE, RTOL, SECOND_STEP, VARIANTS, as_floats, run
 from smaraad.methods import METHODS, Context
 from smaraad.methods.common import kl
 from smaraad.methods.iad import introspection_on
@@ -60,6 +60,12 @@ def test_golden_loss(name, golden):
 @pytest.mark.parametrize("name", sorted(SECOND_STEP))
 def test_golden_loss_second_step(name, golden):
     check_golden(golden, SECOND_STEP[name], run(name, calls=2)[0])
+
+
+@pytest.mark.parametrize("key", sorted(VARIANTS))
+def test_golden_loss_variant(key, golden):
+    name, params = VARIANTS[key]
+    check_golden(golden, key, run(name, **params)[0])
 
 
 def test_a_missing_golden_key_or_term_fails():

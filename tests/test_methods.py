@@ -1,4 +1,7 @@
-"""Registry-driven: every method gives a finite loss and a gradient on the student."""
+"""Registry-driven: every method gives a finite loss and a gradient on the student (and on each
+auxiliary network the trainer steps)."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,11 +19,17 @@ def pair():
     return student, teacher
 
 
+DATA = SimpleNamespace(num_classes=10, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), center=False)
+
+
 def context(name, student, teacher, **params):
     spec = METHODS[name]
+    cfg = TrainConfig.from_flat({"method": name, "student": "small_cnn", **params})
     return Context(student=student, teacher=teacher if spec.needs_teacher else None,
-                   params=spec.make_params(params), eps=8 / 255, step=2 / 255, steps=2,
-                   natural_teacher=teacher if spec.needs_natural_teacher else None)
+                   params=cfg.params, eps=8 / 255, step=2 / 255, steps=2,
+                   natural_teacher=teacher if spec.needs_natural_teacher else None,
+                   aux=spec.aux(cfg, DATA) if spec.aux else {},
+                   student_optimizer=torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9))
 
 
 def batch(seed=0, n=8):
@@ -33,7 +42,8 @@ def test_every_method_gives_finite_terms_and_a_student_gradient(name, pair):
     student, teacher = pair
     student.train()
     x, y = batch()
-    terms = METHODS[name].loss(context(name, student, teacher), x, y)
+    ctx = context(name, student, teacher)
+    terms = METHODS[name].loss(ctx, x, y)
     assert terms, "a method must return at least one named term"
     for key, value in terms.items():
         assert value.dim() == 0 and torch.isfinite(value), key
@@ -43,6 +53,10 @@ def test_every_method_gives_finite_terms_and_a_student_gradient(name, pair):
     assert grads and sum(g.abs().sum() for g in grads) > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert student.training, "the method must leave the student in the caller's mode"
+    for aux_name, net in ctx.aux.items():  # the method steps the others itself (test_aux_methods)
+        if net.trainer_steps:
+            assert sum(p.grad.abs().sum() for p in net.module.parameters()
+                       if p.grad is not None) > 0, aux_name
 
 
 @pytest.mark.parametrize("name", ["sm", "sm_align", "smaraad_pp"])

@@ -10,8 +10,11 @@ from smaraad.methods.adaad import AdaADParams, adaad_loss
 from smaraad.methods.ard import ARDParams, ard_loss
 from smaraad.methods.base import Context, MethodSpec, batch_mean
 from smaraad.methods.iad import IADParams, iad_loss
+from smaraad.methods.igdm import IGDMParams, igdm_loss
+from smaraad.methods.las_at import LASATParams, las_at_loss, make_strategy
 from smaraad.methods.mtard import MTARDParams, mtard_loss
 from smaraad.methods.natural import NaturalParams, natural_loss
+from smaraad.methods.peeraid import PeerAiDParams, make_peer, peeraid_loss
 from smaraad.methods.pgd_at import PGDATParams, pgd_at_loss
 from smaraad.methods.rslad import RSLADParams, rslad_loss
 from smaraad.methods.smaraad import (SmaraADParams, SmaraADPPParams, smaraad_loss,
@@ -47,6 +50,12 @@ METHODS: dict[str, MethodSpec] = {
                         doc="MTARD (Zhao et al., 2022): adversarial + natural teacher"),
     "natural": MethodSpec(NaturalParams, natural_loss, needs_teacher=False,
                           doc="natural training (CE on clean inputs); MTARD's natural teacher"),
+    "igdm": MethodSpec(IGDMParams, igdm_loss, doc="IGDM on AdaAD (Lee et al., ICLR 2025)"),
+    # Methods that train a network besides the student (MethodSpec.aux)
+    "peeraid": MethodSpec(PeerAiDParams, peeraid_loss, needs_teacher=False, aux=make_peer,
+                          doc="PeerAiD (Jo et al., CVPR 2024): a peer trained alongside"),
+    "las_at": MethodSpec(LASATParams, las_at_loss, needs_teacher=False, aux=make_strategy,
+                         doc="LAS-AT (Jia et al., CVPR 2022): a learned attack strategy"),
 }
 
 ABLATION_VARIANTS = ("kd", "kd_align", "sm", "sm_align")
