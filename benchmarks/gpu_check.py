@@ -70,15 +70,6 @@ def device_info() -> dict:
             "cuda_runtime": torch.version.cuda, "host": platform.node()}
 
 
-def peaks(name: str) -> dict | None:
-    """The dense peaks (TFLOP/s) of a GPU the plan knows, by its marketing name."""
-    from orchestrator.plan import GPU_PEAKS
-    for gpu, value in GPU_PEAKS.items():
-        if gpu.split()[0] in name:
-            return value
-    return None
-
-
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "--part":
         import gpu_parts  # beside this file (the script's folder is on sys.path)

@@ -32,11 +32,19 @@ def _timed(fn, repeats: int = REPEATS, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def peaks(name: str) -> dict | None:
+    """The dense peaks (TFLOP/s) of a GPU the plan knows, by its marketing name."""
+    from orchestrator.plan import GPU_PEAKS
+    for gpu, value in GPU_PEAKS.items():
+        if gpu.split()[0] in name:
+            return value
+    return None
+
+
 def step() -> dict:
     """SmaraAD++ at the paper's scale, fp32 and bf16: rate, TFLOP/s, fraction of peak, ratio to
     the bare passes."""
     from bench_step import bare_step
-    from gpu_check import peaks
     from smaraad.cost import make_context, step_flops
     from smaraad.methods import METHODS
     from smaraad.trainer import prepare_teacher
