@@ -15,6 +15,9 @@ returns the FLOPs per image. Decisions, each a keyword:
   activations and elementwise updates are memory-bound and a few percent of the total.
 - `epoch`: IAD's introspection term is on only late in the run; the default counts the last
   epoch's step (the dearer one).
+- A method's own networks (`MethodSpec.aux`) are built and trained in the step: PeerAiD's peer
+  is counted; LAS-AT's strategy network is counted on the steps that run it, its policy update
+  (one in `interval` = 20 steps, the first step's count here) is not.
 FlopCounterMode's per-module breakdown registers backward hooks that torch.autograd.grad (every
 attack's input gradient) rejects ("A leaf node was passed to _will_engine_execute_node"), so the
 counter here keeps only the total.
@@ -23,6 +26,7 @@ counter here keeps only the total.
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 import time
 from typing import Any, Mapping
 
@@ -77,10 +81,21 @@ def make_context(method: str, student: str, teacher: str | None, *, num_classes:
 
     t = frozen(teacher) if spec.needs_teacher and teacher else None
     n = frozen(natural_teacher or teacher) if spec.needs_natural_teacher else None
+    aux = {}
+    if spec.aux:  # the method's own networks (PeerAiD's peer, LAS-AT's strategy net), trained too
+        from smaraad.config import TrainConfig
+
+        cfg = TrainConfig.from_flat({"method": method, "student": student, "epochs": epochs,
+                                     **dict(params or {})})
+        aux = spec.aux(cfg, SimpleNamespace(num_classes=num_classes, mean=(0.0, 0.0, 0.0),
+                                            std=(1.0, 1.0, 1.0), center=False))
+        for net in aux.values():
+            net.module.train()
+    opt = torch.optim.SGD(s.parameters(), lr=0.1, momentum=0.9)
     return Context(student=s, teacher=t, params=spec.make_params(dict(params or {})),
                    eps=from_255(eps_255), step=from_255(step_255), steps=steps,
                    epoch=epochs - 1 if epoch is None else epoch, epochs=epochs,
-                   natural_teacher=n)
+                   natural_teacher=n, aux=aux, student_optimizer=opt)
 
 
 def train_step(method: str, ctx: Context, x, y, opt=None) -> None:

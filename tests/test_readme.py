@@ -105,6 +105,16 @@ def test_the_tune_table_and_its_budget_are_the_data():
         data["trials"], data["trial_epochs_run"], data["trial_epochs_full"])
 
 
+def test_the_methods_table_is_the_data():
+    with open(RESULTS / "methods.csv", newline="") as fh:
+        data = {(r["variant"], r["metric"]): float(r["mean"]) for r in csv.DictReader(fh)}
+    rows = table("method", "clean", "PGD-20", "AA")
+    assert rows
+    for row in rows:
+        for column, key in (("clean", "clean"), ("PGD-20", "pgd20"), ("AA", "aa")):
+            assert float(row[column]) == round(data[(row["method"], f"test/{key}_acc")], 3), row
+
+
 MEASURED = [r for r in table("command", "time", "output") if r["time"] != "not measured"]
 
 
