@@ -91,7 +91,8 @@ def test_smoke_tune_starts_from_the_papers_values(workdir):
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "best:" in out and "trial-epochs" in out
-    for banner in ("Token authentication is", "TensorBoard", "View detailed results here"):
+    for banner in ("Token authentication is", "TensorBoard", "View detailed results here",
+                   "A new study created", "Creating initial MLflow database tables"):
         assert banner not in out, banner
     assert not list((workdir / "ray").rglob("events.out.tfevents*"))  # no TensorBoard files
     _, parents, children = runs_of(workdir, "tun")

@@ -78,6 +78,8 @@ QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 # that it did so. RAY_AUTH_MODE=token would silence it too, but Ray reads its config when it is
 # imported, so setting it here is too late; the warning's own logger is quieted instead.
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# MLflow announces a new SQLite store's tables on the driver; its warnings and errors still show.
+CHATTY_LOGGERS = ("mlflow.store.db.utils",)
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -85,6 +87,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     for key, value in QUIET.items():
         os.environ.setdefault(key, value)
     logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     if address:
@@ -234,6 +238,7 @@ def tune_config(plan: Plan) -> tune.TuneConfig:
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent,
                                reuse_actors=True)
     import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
