@@ -25,13 +25,12 @@ from typing import Any
 from smaraad import metrics
 from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping
 from smaraad.robustbench_teachers import is_zoo_spec
-from smaraad.teacher_specs import parse_teachers
+from smaraad.teacher_specs import TEACHER_KEY, parse_teachers
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_KEYS = {"description", "kind", "metric", "mode", "base", "search", "grid", "seeds", "asha",
             "num_samples", "teachers", "teacher_aa_n", "eval_n", "aa_n"}
-TEACHER_KEY = "teacher"  # in a space with `teachers:`, the grid/search key naming one of them
 METRICS = tuple(metrics.VALIDATION)  # what a space can optimise: the trainer's validation metrics
 
 

@@ -29,6 +29,7 @@ ROBUSTBENCH = "robustbench:"
 RECIPE_KEYS = ("arch", "method", "eps_255", "step_255", "attack_steps", "epochs", "seed")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a grid value, a run name's part, a tag
 DEFAULT_NAME = "default"  # the single teacher of an experiment whose space names none
+TEACHER_KEY = "teacher"  # in a space with `teachers:`, the grid/search key naming one of them
 _SHORT = {"eps_255": "eps", "step_255": "step", "attack_steps": "steps", "epochs": "e",
           "seed": "seed"}
 

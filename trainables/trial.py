@@ -27,13 +27,13 @@ from smaraad import metrics
 from smaraad.attacks import from_255
 from smaraad.config import TrainConfig, preset_config
 from smaraad.data import Splits
+from smaraad.teacher_specs import TEACHER_KEY
 from smaraad.evaluation import evaluate_suite
 from smaraad.models import build_model
 from smaraad.trainer import fit, resolve_device, training_precision
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
-TEACHER_KEY = "teacher"  # the grid/search key naming a teacher (orchestrator.spaces)
 COMPLETED = "completed"  # set in the report that follows the final evaluation
 
 
