@@ -1,8 +1,11 @@
 """`python -m analysis.report --experiment NAME`: tables, statistics and figures of one experiment.
 
-Reads MLflow only (the parent run and its trial runs, their metrics and artifacts), writes every
+Reads the experiment from MLflow (the parent run and its trial runs, their metrics and
+artifacts); only the CAM figure needs models, and for it this loads the teacher and students'
+checkpoints and the test images through the core (smaraad.models, smaraad.data). Writes every
 output the experiment supports into --out, prints the main table, and logs the files as
-artifacts of the parent run under `report/`, so they sit beside the runs in the MLflow UI.
+artifacts of the parent run under `report/`, so they sit beside the runs in the MLflow UI (the
+one write analysis/ makes to MLflow).
 
     ablation (kind ablate): table.{md,csv,tex}, stats.{md,csv} (paired differences against
       sm_align or smaraad), fig4_ablation.png, fig2_cams.png (teacher artifact logged); with
@@ -143,6 +146,7 @@ def _best(runs: RunsTable):
 
 def _cams(runs: RunsTable, picks: list[tuple[str, str]], path: str, log) -> str | None:
     """Figure 2 from the logged checkpoints, on the first test images of the run's data set."""
+    from smaraad.config import DEFAULT_DATASET
     from smaraad.data import load_data
     from smaraad.errors import UserError
     from smaraad.models import load_checkpoint, read_checkpoint
@@ -167,7 +171,7 @@ def _cams(runs: RunsTable, picks: list[tuple[str, str]], path: str, log) -> str 
             if not students:
                 log("no CAM figure: no finished trial logged student.pt")
                 return None
-            splits = load_data(config.get("dataset", "embedded"),
+            splits = load_data(config.get("dataset", DEFAULT_DATASET),
                                root=config.get("data_root") or None)
         except UserError as exc:  # a CIFAR folder missing here, an unreadable checkpoint
             log(f"no CAM figure: {exc}")

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from smaraad.errors import UserError
+from smaraad.paths import default_tracking_uri
 
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "smaraad.kind"
@@ -34,11 +35,6 @@ class TrackingError(UserError):
 
 class ExperimentError(UserError):
     """The experiment is unknown, is not an orchestrator experiment, or has nothing to report."""
-
-
-def default_tracking_uri() -> str:
-    """The orchestrator's default: a SQLite store in the working directory, absolute."""
-    return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "file", "databricks")

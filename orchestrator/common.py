@@ -20,10 +20,10 @@ from urllib.parse import urlparse
 
 from smaraad import metrics
 from smaraad.cli import Parser, UsageError
-from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
+from smaraad.config import DEFAULT_DATASET, TRAIN_KEYS, TrainConfig, preset_config
 from smaraad.methods import METHODS
 from smaraad.options import add_run_options, check_teacher, run_options
-from smaraad.paths import folder_or_absent, writable_dir, writable_file
+from smaraad.paths import default_tracking_uri, folder_or_absent, writable_dir, writable_file
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
@@ -95,7 +95,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         raise UsageError("--cpus-per-trial: must be > 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError("--max-concurrent: must be >= 1")
-    dataset = args.dataset or space.base.get("dataset", "embedded")
+    dataset = args.dataset or space.base.get("dataset", DEFAULT_DATASET)
     smoke = {**({"epochs": SMOKE["epochs"]} if args.epochs is None else {}),
              **({"train_size": SMOKE["train_size"]} if dataset == "embedded" else {})}
     opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None,
@@ -113,7 +113,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
     check_teacher(teacher, base_cfg.dataset, opts.teacher_dir, opts.download)
     teacher_epochs = opts.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
 
-    uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    uri = args.tracking_uri or default_tracking_uri()
     check_tracking_uri(uri)
     storage = str(Path(args.storage_path).resolve())
     name = args.name or (latest(storage, space_name) if args.resume else None) \

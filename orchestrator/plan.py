@@ -70,7 +70,7 @@ def teacher_arch(cfg, path: str | None) -> str:
             return read_checkpoint(path)["arch"]
         except (CheckpointError, KeyError, TypeError):
             pass
-    return cfg.teacher
+    return cfg.teacher_arch
 
 
 def fmt_hours(seconds: float) -> str:

@@ -30,6 +30,8 @@ from smaraad.models import MODELS
 
 
 DATASETS = ("embedded", "cifar10", "cifar100")
+DEFAULT_DATASET = "embedded"  # what every command trains and evaluates on when --dataset is not
+#   given; TrainConfig's own field default is the paper's recipe (CIFAR-10), which presets start from
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -43,7 +45,8 @@ class TrainConfig:
     val_size: float = num(0.1, 0, None, lo_open=True,
                           doc="validation hold-out of the training set: fraction < 1 or a count")
     student: str = choice("resnet18", tuple(MODELS), "student (or trained model) architecture")
-    teacher: str = choice("wrn34_10", tuple(MODELS), "teacher architecture (when training one)")
+    teacher_arch: str = choice("wrn34_10", tuple(MODELS), "architecture of a teacher trained for "
+                               "this run (a given teacher brings its own)")
     epochs: int = num(200, 1, None, doc="training epochs")
     batch_size: int = num(256, 1, None, doc="images per step")
     lr: float = num(0.1, 0, None, lo_open=True, doc="initial SGD learning rate")
@@ -84,10 +87,8 @@ class TrainConfig:
     @classmethod
     def from_flat(cls, values: Mapping[str, Any]) -> "TrainConfig":
         """From a flat mapping (a Ray trial's config, a YAML file): training keys and the method's
-        hyperparameter keys side by side. `lambda` is accepted for the field `lam`."""
-        values = dict(values)
-        if "lambda" in values:
-            values["lam"] = values.pop("lambda")
+        hyperparameter keys side by side, each spelled as a field or as one of its ALIASES."""
+        values = canonical(values)
         nested = values.pop("params", None) or {}
         if not isinstance(nested, Mapping):
             raise ConfigError(f"params: expected a mapping, got {nested!r}")
@@ -130,6 +131,24 @@ class TrainConfig:
 
 
 TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"params"}
+ALIASES = {"lambda": "lam",            # the paper's name of SmaraAD++'s exponent (a Python keyword)
+           "teacher": "teacher_arch"}  # the field's name in configs and checkpoints written before
+
+
+def canonical_key(key: str) -> str:
+    return ALIASES.get(key, key)
+
+
+def canonical(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat mapping with every alias replaced by its field's name; ConfigError where both
+    spellings are given."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = canonical_key(key)
+        if name in out:
+            raise ConfigError(f"{key!r} and {name!r} are one key; give it once")
+        out[name] = value
+    return out
 
 
 def load_yaml_mapping(path: str) -> dict[str, Any]:
@@ -161,7 +180,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "embedded": {
         "dataset": "embedded",
         "student": "small_cnn",
-        "teacher": "small_resnet",
+        "teacher_arch": "small_resnet",
         "epochs": 8,
         "batch_size": 128,
         "lr": 0.05,
@@ -196,13 +215,13 @@ def preset_config(values: Mapping[str, Any]) -> TrainConfig:
     embedded preset's method params, the method's defaults for the data set
     (`MethodSpec.dataset_defaults`: e.g. RSLAD's scale 10 on CIFAR-100), then the values
     `method_overrides` holds for this method; the user's flat values win over all of them."""
-    values = dict(values)
+    values = canonical(values)
     overrides = values.pop(METHOD_OVERRIDES, None) or {}
     if not isinstance(overrides, Mapping) or not all(isinstance(v, Mapping)
                                                      for v in overrides.values()):
         raise ConfigError(f"{METHOD_OVERRIDES}: {overrides!r}; expected a mapping of method "
                           "names to mappings of keys to values")
-    dataset = values.get("dataset", "embedded")
+    dataset = values.get("dataset", DEFAULT_DATASET)
     method = values.get("method", TrainConfig.method)
     base = dict(PRESETS[preset_for(dataset)])
     spec = METHODS.get(method)

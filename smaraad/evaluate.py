@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from smaraad.attacks import from_255
 from smaraad.autoattack import AA_VERSIONS, check_version
 from smaraad.cli import Parser, UsageError, run
-from smaraad.config import DATASETS, preset_config
+from smaraad.config import DATASETS, DEFAULT_DATASET, preset_config
 from smaraad.errors import UserError
 from smaraad import metrics
 from smaraad.evaluation import CAM_CLASSES, check_attacks, evaluate_suite
@@ -131,7 +131,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
             raise UsageError(message)
     raw = read_checkpoint(path)  # CheckpointError, a UserError: one line, exit 2
     config = raw.get("config") or {}
-    dataset = dataset or config.get("dataset", "embedded")
+    dataset = dataset or config.get("dataset", DEFAULT_DATASET)
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     model = _load(path, "--checkpoint")

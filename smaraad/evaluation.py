@@ -21,12 +21,11 @@ from smaraad import metrics
 from smaraad.attacks import model_mode, pgd
 from smaraad.autoattack import aa_warnings, check_version
 from smaraad.errors import UserError
-from smaraad.losses import align_maps, cam
+from smaraad.losses import CAM_CLASSES, align_maps, cam, cam_classes
 from smaraad.sanity import sanity_flags, warn
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 ATTACKS = metrics.attack_names()  # at import; code that must see a registry change calls it
-CAM_CLASSES = ("label", "teacher", "own")  # the vocabulary of SmaraADParams.cam_class
 MASKING_N = 256  # images for the PGD-20 vs PGD-50 check: at most 2.5x PGD-20 on 256 images
 
 
@@ -111,12 +110,7 @@ def cam_distance(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor, *
     with torch.no_grad(), model_mode(student, False), model_mode(teacher, False):
         zs, fs = student.forward_features(x)
         zt, ft = teacher.forward_features(x)
-        if cam_class == "label":
-            cs = ct = y
-        elif cam_class == "teacher":
-            cs = ct = zt.argmax(dim=1)
-        else:
-            cs, ct = zs.argmax(dim=1), zt.argmax(dim=1)
+        cs, ct = cam_classes(cam_class, y, zs, zt)
         return align_maps(cam(fs, student.fc.weight, cs), cam(ft, teacher.fc.weight, ct))
 
 

@@ -122,6 +122,23 @@ CAM_NORMS = ("none", "minmax", "l2")
 CAM_MIN_SCALE = 1e-4  # floor of a map's range (minmax) or norm (l2) before dividing by it
 
 
+CAM_CLASSES = ("label", "teacher", "own")
+
+
+def cam_classes(cam_class: str, y: Tensor, zs: Tensor, zt: Tensor) -> tuple[Tensor, Tensor]:
+    """The classes whose classifier weights form the student's and the teacher's CAM (Eq. 6):
+    "label" the true class for both, "teacher" the teacher's prediction for both, "own" each
+    model's own prediction (zs, zt: the student's and the teacher's logits)."""
+    if cam_class == "label":
+        return y, y
+    if cam_class == "teacher":
+        c = zt.argmax(dim=1)
+        return c, c
+    if cam_class == "own":
+        return zs.argmax(dim=1), zt.argmax(dim=1)
+    raise ValueError(f"unknown cam_class {cam_class!r}; allowed: {', '.join(CAM_CLASSES)}")
+
+
 def cam(fmap: Tensor, fc_weight: Tensor, classes: Tensor, *, relu: bool = True,
         norm: str = "minmax") -> Tensor:
     """CAM(x) = sum_k w^k A^k(x) for one class per image (Eq. 6): (B, h, w), differentiable.

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 from smaraad import metrics
 from smaraad.cli import Parser, UsageError, parse_kv
-from smaraad.config import METHOD_OVERRIDES, TRAIN_KEYS, method_keys
+from smaraad.config import (DATASETS, DEFAULT_DATASET, METHOD_OVERRIDES, TRAIN_KEYS, canonical_key,
+                            method_keys)
 from smaraad.teachers import TEACHER_METHODS
 
 
@@ -23,7 +24,7 @@ def add_run_options(p: Parser, *, attacks: Sequence[str], eval_n_default: str,
                     aa_n_default: str) -> Parser:
     """Add the shared options to `p`; `attacks` is the command's default evaluation, the two
     strings say in its help what --eval-n and --aa-n default to."""
-    p.add_argument("--dataset", help="embedded (default), cifar10, cifar100")
+    p.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
     p.add_argument("--epochs", type=int, help="training epochs (default: the data set's preset)")
     p.add_argument("--seed", type=int, default=0, help="seeds the run (and the search)")
     p.add_argument("--student", help="student architecture (default: the preset's)")
@@ -75,10 +76,10 @@ def run_options(args, *, base: dict | None = None, extra: dict | None = None,
     from smaraad.evaluation import check_attacks
 
     values = dict(base or {})
-    values["dataset"] = args.dataset or values.get("dataset", "embedded")
+    values["dataset"] = args.dataset or values.get("dataset", DEFAULT_DATASET)
     values["seed"] = args.seed
     for key, value in (("epochs", args.epochs), ("student", args.student),
-                       ("teacher", args.teacher_arch), ("data_root", args.data_root)):
+                       ("teacher_arch", args.teacher_arch), ("data_root", args.data_root)):
         if value is not None:
             values[key] = value
     values.update(extra or {})
@@ -122,7 +123,7 @@ def split_sets(sets: dict, methods: list[str]) -> tuple[dict, dict]:
     flat: dict = {}
     overrides: dict = {}
     for key, value in sets.items():
-        key = "lam" if key == "lambda" else key  # the config's alias
+        key = canonical_key(key)
         have = [m for m in methods if key in method_keys(m)]
         if key in TRAIN_KEYS or (have and len(have) == len(methods)):
             flat[key] = value

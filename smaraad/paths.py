@@ -15,6 +15,18 @@ from pathlib import Path
 from smaraad.cli import UsageError
 
 
+def cache_root() -> Path:
+    """$SMARAAD_CACHE, or ~/.cache/smaraad: the root of every cache (trained teachers, their
+    evaluations, RobustBench weights)."""
+    return Path(os.environ.get("SMARAAD_CACHE") or Path.home() / ".cache" / "smaraad")
+
+
+def default_tracking_uri() -> str:
+    """The commands' MLflow store when --tracking-uri is not given: mlflow.db in the working
+    directory, as an absolute SQLite URI so every trial's directory agrees."""
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
 def _deepest_folder(path: str | os.PathLike, option: str, *, of_file: bool = False) -> Path:
     """The deepest part of `path` (of its folder where `of_file`) that exists, which must be a
     folder: a file there or above is refused (pathlib's exists() is False under a file)."""

@@ -31,6 +31,7 @@ from torch import nn
 
 from smaraad.errors import UserError
 from smaraad.models import HookedCamNet, read_checkpoint
+from smaraad.paths import cache_root
 
 PREFIX = "robustbench:"
 THREAT_MODEL = "Linf"
@@ -57,9 +58,8 @@ def zoo_name(spec: str) -> str:
 
 
 def default_dir() -> Path:
-    """$SMARAAD_CACHE/robustbench, or ~/.cache/smaraad/robustbench."""
-    root = os.environ.get("SMARAAD_CACHE") or Path.home() / ".cache" / "smaraad"
-    return Path(root) / "robustbench"
+    """<cache root>/robustbench (smaraad.paths.cache_root)."""
+    return cache_root() / "robustbench"
 
 
 def weights_file(name: str, dataset: str, teacher_dir, threat_model: str = THREAT_MODEL) -> Path:

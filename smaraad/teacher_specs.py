@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from smaraad.config import ConfigError, TrainConfig
+from smaraad.robustbench_teachers import PREFIX
 from smaraad.teachers import TEACHER_METHODS, Teacher, cache_dir, provide_teacher
 
-ROBUSTBENCH = "robustbench:"
 RECIPE_KEYS = ("arch", "method", "eps_255", "step_255", "attack_steps", "epochs", "seed")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a grid value, a run name's part, a tag
 DEFAULT_NAME = "default"  # the single teacher of an experiment whose space names none
@@ -53,7 +53,7 @@ class TeacherSpec:
     def label(self) -> str:
         """Short, stable, readable: the recipe's method and the keys it sets, in a fixed order."""
         if self.kind == "robustbench":
-            return "rb:" + self.path[len(ROBUSTBENCH):]
+            return "rb:" + self.path[len(PREFIX):]
         if self.kind == "path":
             return "file:" + Path(self.path).name
         f = self.fields
@@ -71,7 +71,7 @@ class TeacherSpec:
         """The recipe as flat teacher-config keys (arch names the trained network)."""
         out = {k: v for k, v in self.fields.items() if k not in ("arch", "method", "epochs")}
         if "arch" in self.fields:
-            out.update(student=self.fields["arch"], teacher=self.fields["arch"])
+            out.update(student=self.fields["arch"], teacher_arch=self.fields["arch"])
         return out
 
 
@@ -86,8 +86,8 @@ def parse_teacher(name: str, raw: Any) -> TeacherSpec:
         raise ConfigError(f"teachers: name {name!r}; allowed: letters, digits, '_', '.', '-' "
                           "(starting with a letter or digit)")
     if isinstance(raw, str):
-        if raw.startswith(ROBUSTBENCH):
-            if not raw[len(ROBUSTBENCH):].strip():
+        if raw.startswith(PREFIX):
+            if not raw[len(PREFIX):].strip():
                 raise ConfigError(f"teachers.{name}: {raw!r} names no model; expected "
                                   "robustbench:NAME")
             return TeacherSpec(name, "robustbench", path=raw)

@@ -21,8 +21,9 @@ from typing import Callable
 
 from torch import nn
 
-from smaraad.config import ConfigError, TrainConfig, preset_config
+from smaraad.config import DEFAULT_DATASET, ConfigError, TrainConfig, preset_config
 from smaraad.models import import_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
+from smaraad.paths import cache_root
 from smaraad.robustbench_teachers import is_zoo_spec
 
 TEACHER_SEED = 0  # one teacher per data set and recipe, shared by every student seed
@@ -30,21 +31,20 @@ TEACHER_METHODS = ("pgd_at", "trades", "natural")  # teacher-free methods that c
 
 
 def cache_dir() -> Path:
-    """$SMARAAD_CACHE/teachers, or ~/.cache/smaraad/teachers."""
-    root = os.environ.get("SMARAAD_CACHE") or Path.home() / ".cache" / "smaraad"
-    return Path(root) / "teachers"
+    """The teachers' cache: <cache root>/teachers (smaraad.paths.cache_root)."""
+    return cache_root() / "teachers"
 
 
 def teacher_config(student: TrainConfig, *, method: str = "pgd_at", epochs: int | None = None,
                    overrides: dict | None = None) -> TrainConfig:
     """The teacher recipe for a student run: the data set's preset (not the student's epochs, so
     that short student runs share one teacher), the student run's data, split and threat model,
-    its `teacher` architecture, a teacher-free method and a fixed seed. `overrides` (flat config
+    its `teacher_arch`, a teacher-free method and a fixed seed. `overrides` (flat config
     keys: a teacher spec's eps_255, seed, attack_steps...) are laid over that last."""
     shared = ("dataset", "data_root", "train_size", "val_size", "split_seed", "eps_255", "device",
               "precision", "channels_last")
     values = {k: getattr(student, k) for k in shared}
-    values.update(method=method, student=student.teacher, teacher=student.teacher,
+    values.update(method=method, student=student.teacher_arch, teacher_arch=student.teacher_arch,
                   seed=TEACHER_SEED)
     if epochs is not None:
         values["epochs"] = epochs
@@ -59,6 +59,7 @@ def cache_key(cfg: TrainConfig) -> str:
     from smaraad.trainer import training_precision  # the trainer imports models: lazily
 
     flat = {k: v for k, v in cfg.to_flat().items() if k not in {"device", "channels_last"}}
+    flat["teacher"] = flat.pop("teacher_arch")  # hashed under its former name: caches stay valid
     flat["precision"] = training_precision(cfg)
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return f"{cfg.dataset}-{cfg.student}-{cfg.method}-{hashlib.sha256(blob).hexdigest()[:16]}"
@@ -88,7 +89,7 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
         return _from_zoo(student, path, teacher_dir=teacher_dir, download=download, data=data,
                          log=log)
     if path:
-        return _from_file(path, arch=student.teacher, dataset=student.dataset)
+        return _from_file(path, arch=student.teacher_arch, dataset=student.dataset)
     cfg = teacher_config(student, method=method, epochs=epochs, overrides=overrides)
     file = cache_dir() / f"{cache_key(cfg)}.pt"
     if file.exists():
@@ -108,7 +109,7 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
     return Teacher(model, str(file), own, trained=True)
 
 
-def _from_file(path: str, *, arch: str | None = None, dataset: str = "embedded") -> Teacher:
+def _from_file(path: str, *, arch: str | None = None, dataset: str = DEFAULT_DATASET) -> Teacher:
     """Our own checkpoint, or third-party weights (TRADES state_dict, {'state_dict': ...} with
     'module.' prefixes, {'net': ...}, RobustBench files) imported into `arch`. Both are read with
     weights_only=True; a file that fits neither is one CheckpointError naming it."""

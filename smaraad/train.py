@@ -20,7 +20,7 @@ import torch
 
 from smaraad import metrics
 from smaraad.cli import Parser, run
-from smaraad.config import ConfigError, TrainConfig, load_yaml_mapping, preset_config
+from smaraad.config import ConfigError, TrainConfig, canonical, load_yaml_mapping, preset_config
 from smaraad.io import save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_file = out / "state.pt"
     if state_file.exists():
         resume = torch.load(state_file, weights_only=True)
-        if resume.get("config") != cfg.to_flat():
+        if canonical(resume.get("config") or {}) != cfg.to_flat():
             raise ConfigError(f"{out} holds a run with another configuration; choose another "
                               "--out or delete it")
         print(f"resuming {out} after epoch {resume['epoch']}")

@@ -24,11 +24,6 @@ TRIAL_TAG = "smaraad.trial_id"
 PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "pyautoattack")
 
 
-def default_tracking_uri() -> str:
-    """A SQLite store in the working directory, absolute so every trial directory agrees."""
-    return f"sqlite:///{Path('mlflow.db').resolve()}"
-
-
 def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 

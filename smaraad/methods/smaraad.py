@@ -30,8 +30,8 @@ from torch import Tensor
 
 from smaraad.attacks import model_mode, perturb
 from smaraad.fields import choice, num
-from smaraad.losses import (CAM_NORMS, align_maps, at_least_fp32, cam, entropy_weight, kl_div,
-                            slack_matching)
+from smaraad.losses import (CAM_CLASSES, CAM_NORMS, align_maps, at_least_fp32, cam, cam_classes,
+                            entropy_weight, kl_div, slack_matching)
 from smaraad.methods.base import Context, batch_mean
 
 
@@ -44,7 +44,7 @@ class SmaraADParams:
     align: bool = choice(True, (True, False), "outer loss includes L_align (Eq. 7)")
     attack_align: bool = choice(True, (True, False), "Eq. 8's attack includes L_align")
     rho_form: str = choice("eq2", ("eq2", "pearson"), "rho from soft ranks: Eq. 2 or Pearson")
-    cam_class: str = choice("label", ("label", "teacher", "own"), "class whose weights form CAMs")
+    cam_class: str = choice("label", CAM_CLASSES, "class whose weights form CAMs")
     cam_norm: str = choice("minmax", CAM_NORMS, "per-image CAM normalisation before Eq. 7")
     cam_relu: bool = choice(True, (True, False), "rectify CAMs before normalising")
     cam_size: int = num(0, 0, None, doc="G's common size (0 = the larger of the two maps)")
@@ -67,18 +67,9 @@ class SmaraADPPParams(SmaraADParams):
 # ---------------------------------------------------------------------------------------------
 
 
-def _cam_classes(p: SmaraADParams, y: Tensor, zs: Tensor, zt: Tensor) -> tuple[Tensor, Tensor]:
-    if p.cam_class == "label":
-        return y, y
-    if p.cam_class == "teacher":
-        c = zt.argmax(dim=1)
-        return c, c
-    return zs.argmax(dim=1), zt.argmax(dim=1)
-
-
 def _align(p: SmaraADParams, ctx: Context, y, zs, fs, zt, ft) -> Tensor:
     """L_align per sample (Eq. 6-7) between the student's and the teacher's CAMs."""
-    cs, ct = _cam_classes(p, y, zs, zt)
+    cs, ct = cam_classes(p.cam_class, y, zs, zt)
     kw = dict(relu=p.cam_relu, norm=p.cam_norm)
     return align_maps(cam(fs, ctx.student.fc.weight, cs, **kw),
                       cam(ft, ctx.teacher.fc.weight, ct, **kw), p.cam_size)
