@@ -4,7 +4,7 @@ robustness, with a 95% interval.
 The claim (Sec. 3.1, 4.6.1, Figure 1): with KL-based adversarial distillation a more robust teacher
 does not give a more robust student; SmaraAD's student improves with its teacher. For every method
 the slope b of student test accuracy (PGD-20, AutoAttack) on the teacher's validation PGD accuracy
-(`teacher/val_pgd_acc`, measured at the students' threat model) is fitted by least squares over
+(`teacher/eval_pgd20_acc`, measured at the students' threat model) is fitted by least squares over
 all finished trials' points (every teacher x seed). A slope of 1 means a teacher 10 points more
 robust gives a student 10 points more robust; 0 means the teacher's robustness does not pass on.
 
@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-TEACHER_X = "metrics.teacher/val_pgd_acc"
+from smaraad import metrics
+
+TEACHER_X = "metrics." + metrics.TEACHER["teacher/eval_pgd20_acc"].key
 STUDENT_Y = (("test/pgd20_acc", "PGD-20"), ("test/aa_acc", "AA"))
 
 

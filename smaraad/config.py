@@ -111,6 +111,25 @@ class TrainConfig:
     def from_yaml(cls, path: str) -> "TrainConfig":
         return cls.from_flat(load_yaml_mapping(path))
 
+    def with_values(self, values: Mapping[str, Any]) -> "TrainConfig":
+        """A copy with `values` applied (training keys and this method's hyperparameter keys, by
+        name or alias), checked like from_flat, without a round trip through a flat mapping:
+        how a trial lays its searched or grid values over the experiment's resolved config."""
+        values = canonical(values)
+        p_keys = {f.name for f in dataclasses.fields(self.params)}
+        train_keys = {f.name for f in dataclasses.fields(self)} - {"params", "method"}
+        unknown = sorted(set(values) - p_keys - train_keys)
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r}; allowed for method {self.method!r}: "
+                              f"{', '.join(sorted(train_keys | p_keys))}")
+        def keep(obj, given):
+            return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+                    if f.name not in given}
+        p_values = {k: v for k, v in values.items() if k in p_keys}
+        t_values = {k: v for k, v in values.items() if k in train_keys}
+        params = build(type(self.params), p_values, **keep(self.params, p_values))
+        return build(TrainConfig, t_values, **{**keep(self, t_values), "params": params})
+
     def replace(self, **changes) -> "TrainConfig":
         """A copy with flat changes applied (validated like from_flat)."""
         return TrainConfig.from_flat({**self.to_flat(), **changes})

@@ -1,5 +1,9 @@
 """The one vocabulary of evaluation metrics: every layer that names a metric reads it from here.
 
+`TEACHER` holds a teacher's own figures (logged as `teacher/...`), one meaning per key: what the
+trainer's validation measured of it, what an experiment measured of it at the students' threat
+model, and RobustBench's leaderboard figures.
+
 `REGISTRY` maps a metric's short name to its `Metric`: how it is computed (an attack built from
 the evaluation's eps/seed, or a quantity the suite derives itself, like the CAM distance), the key
 it is logged under, its title in tables and figures, its direction, the sanity orderings it takes
@@ -105,6 +109,49 @@ VALIDATION: dict[str, Metric] = {m.field: m for m in (
     Metric("pgd", "val PGD", field="val/pgd_acc", words="val PGD accuracy"),
     Metric("clean", "val clean", field="val/clean_acc", words="val clean accuracy"),
 )}
+
+
+
+@dataclass(frozen=True)
+class TeacherMetric:
+    """One figure of a teacher, logged as `teacher/<field>`.
+
+    source: "train" -- the trainer's validation metric `of` (a trained teacher's last epoch; a
+      model-zoo teacher validated once the same way); "eval" -- the suite's attack `of` on the
+      first n validation images at the experiment's eps (orchestrator experiments; `of` "aa_n":
+      how many images AutoAttack ran on); "leaderboard" -- RobustBench's figure `of` (percent).
+    """
+    field: str
+    source: str
+    of: str
+    words: str
+
+    @property
+    def key(self) -> str:
+        return f"teacher/{self.field}"
+
+
+TEACHER: dict[str, TeacherMetric] = {m.key: m for m in (
+    TeacherMetric("val_clean_acc", "train", "val/clean_acc", "the trainer's validation clean accuracy"),
+    TeacherMetric("val_pgd_acc", "train", "val/pgd_acc",
+                  "the trainer's validation PGD accuracy (val_pgd_steps steps of 2/255)"),
+    TeacherMetric("eval_clean_acc", "eval", "clean", "clean accuracy, experiment's validation images"),
+    TeacherMetric("eval_pgd20_acc", "eval", "pgd20",
+                  "PGD-20 accuracy at the students' eps, experiment's validation images"),
+    TeacherMetric("eval_aa_acc", "eval", "aa", "AutoAttack accuracy on the first teacher_aa_n"),
+    TeacherMetric("eval_aa_n", "eval", "aa_n", "images the teacher's AutoAttack ran on"),
+    TeacherMetric("leaderboard_clean_acc", "leaderboard", "clean_acc",
+                  "RobustBench's clean accuracy"),
+    TeacherMetric("leaderboard_aa_acc", "leaderboard", "autoattack_acc",
+                  "RobustBench's AutoAttack accuracy"),
+)}
+
+
+def teacher_figures(source: str, values: dict) -> dict[str, float]:
+    """The TEACHER entries of `source` found in `values` (keyed by each entry's `of`), under their
+    teacher/ keys."""
+    return {m.key: values[m.of] for m in TEACHER.values()
+            if m.source == source and values.get(m.of) is not None}
 
 
 def attack_names() -> tuple[str, ...]:

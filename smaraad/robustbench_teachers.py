@@ -29,6 +29,7 @@ from pathlib import Path
 
 from torch import nn
 
+from smaraad import metrics
 from smaraad.errors import UserError
 from smaraad.models import HookedCamNet, read_checkpoint
 from smaraad.paths import cache_root
@@ -178,13 +179,9 @@ def wrap(net: nn.Module, name: str, dataset: str, threat_model: str = THREAT_MOD
 
 def leaderboard(name: str, dataset: str) -> dict:
     """teacher/leaderboard_clean_acc and _aa_acc (fractions) where RobustBench lists NAME."""
-    row = json.loads(LEADERBOARD.read_text()).get(dataset, {}).get(name)
-    if not row:
-        return {}
-    out = {"teacher/leaderboard_clean_acc": row["clean_acc"] / 100}
-    if row.get("autoattack_acc") is not None:
-        out["teacher/leaderboard_aa_acc"] = row["autoattack_acc"] / 100
-    return out
+    row = json.loads(LEADERBOARD.read_text()).get(dataset, {}).get(name) or {}
+    return metrics.teacher_figures("leaderboard", {k: v / 100 for k, v in row.items()
+                                                   if isinstance(v, (int, float))})
 
 
 def _download(gdrive_id: str, file: Path, rb_utils) -> None:

@@ -2,15 +2,17 @@
 
 A spec is one of
 - a recipe: a small mapping {arch, method, epochs, eps_255, step_255, attack_steps, seed}, every
-  key optional (the experiment's teacher architecture, pgd_at, the preset's budget and seed 0),
-  trained once by `provide_teacher` and cached under its full config;
+  key optional (the experiment's teacher_arch, pgd_at, the preset's epochs, the students' eps,
+  the preset's attack step and steps, seed 0), trained once by `provide_teacher` and cached under
+  its full config;
 - a checkpoint path (ours, or third-party weights imported into the experiment's teacher arch);
 - a RobustBench model, "robustbench:NAME", which `provide_teacher` loads by that path.
 
 Each has a stable short `label` for tables and figures ("pgd_at eps4", "file:wrn.pt",
-"rb:Carmon2019Unlabeled"). `teacher_metrics` measures a teacher's own robustness at the
-experiment's threat model, whatever it was trained at: a teacher trained at eps 2/255 is judged at
-the students' eps, so every teacher sits on one axis of Figure 1.
+"rb:Carmon2019Unlabeled"). A spec is parsed once where it is given (a space's `teachers:`, or
+--teacher) and `provide` turns it into a teacher once: provided, then measured by
+`teacher_metrics` at the experiment's threat model, whatever it was trained at (a teacher trained
+at eps 2/255 is judged at the students' eps, so every teacher sits on one axis of Figure 1).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from smaraad.config import ConfigError, TrainConfig
+from smaraad.metrics import TEACHER, attack_names, teacher_figures
 from smaraad.robustbench_teachers import PREFIX
 from smaraad.teachers import TEACHER_METHODS, Teacher, cache_dir, provide_teacher
 
@@ -139,40 +142,52 @@ def from_options(path: str | None, method: str = "pgd_at") -> TeacherSpec:
     return parse_teacher(DEFAULT_NAME, {"method": method})
 
 
-def provide(spec: TeacherSpec, student: TrainConfig, *, epochs: int | None = None,
+def provide(spec: TeacherSpec, student: TrainConfig, *, data, epochs: int | None = None,
             max_epochs: int | None = None, log: Callable[[str], None] | None = print,
-            teacher_dir=None, download: bool = False, data=None) -> Teacher:
-    """The spec's teacher (imported, cached or trained now). A recipe's own epochs win over
-    `epochs` (the experiment's --teacher-epochs); `max_epochs` caps both (smoke runs). A
-    robustbench:NAME spec reads its weights under `teacher_dir` (fetched when `download`)."""
+            teacher_dir=None, download: bool = False, measure_n: int = 0,
+            measure_aa_n: int = 0) -> Teacher:
+    """The spec's teacher (imported, cached or trained now), measured once on data.val at the
+    student's eps (`teacher_metrics`; its figures join those it brings). A recipe's own epochs
+    win over `epochs` (the experiment's --teacher-epochs); `max_epochs` caps both (smoke runs).
+    A robustbench:NAME spec reads its weights under `teacher_dir` (fetched when `download`)."""
+    from smaraad.trainer import resolve_device
+
     if spec.kind != "recipe":
-        return provide_teacher(student, path=spec.path, log=log, teacher_dir=teacher_dir,
-                               download=download, data=data)
-    n = spec.fields.get("epochs", epochs)
-    if max_epochs is not None:
-        n = min(n if n is not None else max_epochs, max_epochs)
-    return provide_teacher(student, method=spec.method, epochs=n, overrides=spec.overrides(),
-                           log=log)
+        t = provide_teacher(student, path=spec.path, log=log, teacher_dir=teacher_dir,
+                            download=download, data=data, validate_zoo=False)
+    else:
+        n = spec.fields.get("epochs", epochs)
+        if max_epochs is not None:
+            n = min(n if n is not None else max_epochs, max_epochs)
+        t = provide_teacher(student, method=spec.method, epochs=n, overrides=spec.overrides(),
+                            log=log)
+    t.metrics = {**t.metrics, **teacher_metrics(
+        t, data.val, eps_255=student.eps_255, n=measure_n, aa_n=measure_aa_n,
+        device=str(resolve_device(student.device)))}
+    return t
 
 
 def teacher_metrics(teacher: Teacher, val, *, eps_255: float, n: int = 0, aa_n: int = 0,
                     device: str = "cpu") -> dict:
-    """The teacher's validation clean, PGD-20 and (on the first aa_n images; 0 = skip) AutoAttack
-    accuracy at the experiment's eps, as teacher/val_{clean,pgd,aa}_acc. Cached as JSON beside the
-    teacher cache, keyed by the weights file's content hash and these settings."""
+    """The teacher's figures of source "eval" in smaraad.metrics.TEACHER: each one's attack on the
+    first n validation images (0 = all) at the experiment's eps, AutoAttack on the first aa_n of
+    them (0 = none). Cached as JSON beside the teacher cache, keyed by the weights file's content
+    hash, these settings and the figures asked."""
     from smaraad.evaluation import evaluate_suite  # attacks pull in pyautoattack: lazily
 
-    attacks = ("clean", "pgd20") + (("aa",) if aa_n else ())
-    key = _eval_key(teacher.path, eps_255=eps_255, n=n, aa_n=aa_n, labels=len(val[1]))
+    wanted = [m.of for m in TEACHER.values() if m.source == "eval"]
+    attacks = tuple(a for a in wanted if a in attack_names() and (a != "aa" or aa_n))
+    key = _eval_key(teacher.path, eps_255=eps_255, n=n, aa_n=aa_n, labels=len(val[1]),
+                    attacks=attacks)
     file = cache_dir() / "evals" / f"{key}.json"
     if key and file.exists():
         return json.loads(file.read_text())
     r = evaluate_suite(teacher.model.eval(), val, attacks=attacks, eps=eps_255 / 255, n=n,
                        aa_n=aa_n, device=device, seed=0, prefix="val/", check_masking=False)
-    out = {"teacher/val_clean_acc": r["val/clean_acc"], "teacher/val_pgd_acc": r["val/pgd20_acc"]}
-    if aa_n:
-        out.update({"teacher/val_aa_acc": r["val/aa_acc"],
-                    "teacher/val_aa_n": r.get("aa/n", r["n"])})
+    found = {a: r[f"val/{a}_acc"] for a in attacks}
+    if "aa" in attacks:
+        found["aa_n"] = r.get("aa/n", r["n"])
+    out = teacher_figures("eval", found)
     if key:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(json.dumps(out))

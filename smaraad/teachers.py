@@ -23,6 +23,7 @@ from torch import nn
 
 from smaraad.config import DEFAULT_DATASET, ConfigError, TrainConfig, preset_config
 from smaraad.models import import_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
+from smaraad.metrics import teacher_figures
 from smaraad.paths import cache_root
 from smaraad.robustbench_teachers import is_zoo_spec
 
@@ -69,7 +70,7 @@ def cache_key(cfg: TrainConfig) -> str:
 class Teacher:
     model: nn.Module
     path: str                 # where its weights are on disk
-    metrics: dict             # its own validation accuracy: teacher/val_clean_acc, teacher/val_pgd_acc
+    metrics: dict             # its own figures: smaraad.metrics.TEACHER keys
     trained: bool = False     # True when this call trained it
 
 
@@ -77,17 +78,19 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
                     epochs: int | None = None, overrides: dict | None = None,
                     log: Callable[[str], None] | None = print,
                     teacher_dir: str | os.PathLike | None = None, download: bool = False,
-                    data=None) -> Teacher:
+                    data=None, validate_zoo: bool = True) -> Teacher:
     """Load the teacher at `path`, else the cached one for this config, else train and cache it.
 
     path="robustbench:NAME" takes RobustBench's NAME for the student's data set (its weights
     under `teacher_dir`, fetched when `download`), evaluated once on the validation split of
-    `data` (the student's splits; loaded when None): smaraad.robustbench_teachers."""
+    `data` (the student's splits; loaded when None): smaraad.robustbench_teachers. An experiment
+    that measures its teachers itself (teacher_specs.provide) passes validate_zoo=False, so a
+    zoo teacher is measured once."""
     if method not in TEACHER_METHODS:
         raise ConfigError(f"teacher method {method!r}; allowed: {', '.join(TEACHER_METHODS)}")
     if is_zoo_spec(path):
-        return _from_zoo(student, path, teacher_dir=teacher_dir, download=download, data=data,
-                         log=log)
+        return _from_zoo(student, path, teacher_dir=teacher_dir, download=download,
+                         data=data if validate_zoo else False, log=log)
     if path:
         return _from_file(path, arch=student.teacher_arch, dataset=student.dataset)
     cfg = teacher_config(student, method=method, epochs=epochs, overrides=overrides)
@@ -101,9 +104,8 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
     if log:
         log(f"teacher: training {cfg.student} with {cfg.method} for {cfg.epochs} epochs "
             f"on {cfg.dataset} (cached at {file} for later runs)")
-    model, metrics = fit(cfg, log=(lambda line: log("teacher " + line)) if log else None)
-    own = {"teacher/val_clean_acc": metrics["val/clean_acc"],
-           "teacher/val_pgd_acc": metrics["val/pgd_acc"]}
+    model, last = fit(cfg, log=(lambda line: log("teacher " + line)) if log else None)
+    own = teacher_figures("train", last)
     file.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(str(file), model, config=cfg.to_flat(), extra={"metrics": own})
     return Teacher(model, str(file), own, trained=True)
@@ -126,7 +128,8 @@ def _from_zoo(student: TrainConfig, spec: str, *, teacher_dir, download: bool, d
               log: Callable[[str], None] | None) -> Teacher:
     """A RobustBench teacher with its leaderboard figures and its accuracy on our validation
     split (clean and PGD, as `validate` measures a trained teacher), the latter cached per
-    weights file and split so a later run does not attack the teacher again."""
+    weights file and split so a later run does not attack the teacher again; data=False leaves
+    the validation out (the caller measures the teacher itself)."""
     from smaraad import robustbench_teachers as zoo
     from smaraad.trainer import load_splits, resolve_device, validate
 
@@ -140,7 +143,9 @@ def _from_zoo(student: TrainConfig, spec: str, *, teacher_dir, download: bool, d
                       **{k: getattr(student, k) for k in shared}}, sort_keys=True, default=str)
     record = cache_dir() / f"robustbench-{student.dataset}-{name}-" \
         f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    if record.exists():
+    if data is False:
+        own = {}
+    elif record.exists():
         own = json.loads(record.read_text())
     else:
         data = data if data is not None else load_splits(student)
@@ -148,10 +153,8 @@ def _from_zoo(student: TrainConfig, spec: str, *, teacher_dir, download: bool, d
         if log:
             log(f"teacher: evaluating {spec} on {len(data.val[1])} validation images "
                 f"(clean, PGD-{student.val_pgd_steps})")
-        metrics = validate(model.to(device), data, student, device)
+        own = teacher_figures("train", validate(model.to(device), data, student, device))
         model.cpu()
-        own = {"teacher/val_clean_acc": metrics["val/clean_acc"],
-               "teacher/val_pgd_acc": metrics["val/pgd_acc"]}
         from smaraad.io import save_json
         save_json(record, own)
     if log:

@@ -3,7 +3,8 @@
 Child runs are found again by their `smaraad.trial_id` tag, so a trial that restarts (after a
 crash, or when the whole experiment resumes) keeps logging into the same run instead of opening a
 second one. Metrics go in one batched call per epoch (one call per metric costs ~75 ms on SQLite).
-Only this package talks to MLflow on the write side; analysis/ reads.
+This package writes the runs; analysis/ reads them, and its report adds its files to the parent
+run as artifacts (analysis/report.py).
 """
 
 from __future__ import annotations

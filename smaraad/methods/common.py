@@ -32,8 +32,9 @@ ATTACKS = ("ce", "kl_clean", "kl_moving")
 def attack_field(default: str, source: str, options=ATTACKS):
     """What the inner maximisation maximises: "ce" = CE(S(x'), y) (Madry, ARD);
     "kl_clean" = KL(S(x'), T(x)), the teacher on the clean input (RSLAD); "kl_moving" =
-    KL(S(x'), T(x')), the teacher on the moving point (AdaAD); "kl_self" = KL(S(x'), S(x)) with
-    the student's own clean prediction (TRADES)."""
+    KL(S(x'), T(x')), the teacher on the moving point (AdaAD): ATTACKS, the teacher-based
+    choices. "kl_self" = KL(S(x'), S(x)) with the student's own clean prediction needs no teacher
+    and is offered only where a method passes it in `options` (TRADES)."""
     return choice(default, options, f"attack objective ({source})")
 
 
