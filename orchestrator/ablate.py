@@ -55,23 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = list(dict.fromkeys(v[TEACHER_KEY] for v in variants))  # the first and the last
         kept = names[:1] + names[-1:] if len(names) > 1 else names
         variants = [v for v in variants if v[TEACHER_KEY] in kept]
-    r = resolve(args, space, space_name=space.name)
+    exp = resolve(args, space, kind="ablate", variants=variants, seeds=seeds)
     if args.plan:  # before the teacher, the data and Ray
         from orchestrator.plan import print_plan
-        return print_plan(args, r, variants=variants, runs_per_variant=len(seeds),
+        return print_plan(exp, runs_per_variant=len(seeds),
                           label=f"ablate --space {space.name}, {len(variants)} variants x "
                                 f"{len(seeds)} seeds")
 
-    from orchestrator.runner import execute
-    rows, plan = execute(args, space, r, kind="ablate", variants=variants, seeds=seeds,
-                         num_samples=1)
+    from trainables.driver import execute
+    rows, plan = execute(exp)
     print()
     print(summary.trials_table(rows, [*space.grid, "seed"], space.metric))
     print(f"\nmean +- std over seeds ({len(seeds)}), test split:")
     print(summary.by_variant(rows, key))
     if TEACHER_KEY in space.grid and key != TEACHER_KEY:
         print(summary.by_variant(rows, TEACHER_KEY))
-    return finish(args, rows, r)
+    return finish(args, rows, exp)
 
 
 if __name__ == "__main__":

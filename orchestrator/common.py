@@ -1,33 +1,31 @@
-"""What `tune` and `ablate` share: options, checks before anything is written, the run itself.
+"""What `tune` and `ablate` share: their options, and `resolve`, which turns the command line
+and the space into one checked `Experiment` (trainables/driver.py) before anything is written.
 
-Order matters: every input is validated (space, config, attacks, tracking URI, Ray address,
-experiment folder) before a file is written or a run is opened, so a bad option leaves nothing
-behind. Then the driver provisions the teacher once (trained and cached on first use), opens the
-parent MLflow run, and hands trials the teacher's weights and the data through Ray's object store.
+Order matters: every input is validated (space, config of every method and grid point, teachers,
+attacks, tracking URI, Ray address, experiment folder) before a file is written or a run is
+opened, so a bad option leaves nothing behind. Running it is trainables' (driver.execute).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from smaraad import metrics
 from smaraad.cli import Parser, UsageError
 from smaraad.config import DEFAULT_DATASET, TRAIN_KEYS, TrainConfig, preset_config
-from smaraad.methods import METHODS
 from smaraad.options import add_run_options, check_teacher, run_options
 from smaraad.paths import default_tracking_uri, folder_or_absent, writable_dir, writable_file
+from smaraad.teacher_specs import DEFAULT_NAME, TEACHER_KEY, from_options
+from trainables.driver import TRANSFER_TEACHER, Experiment, point_config
 
-STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
 SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500}
+SMOKE_TEACHER_AA_N = 8  # a teacher's AutoAttack in --smoke-test: a check that it runs
 
 
 def common_parser(prog: str, description: str) -> Parser:
@@ -69,25 +67,10 @@ def add_plan_flag(p: Parser) -> None:
                    "exit: trains nothing, needs neither the data nor the teacher")
 
 
-@dataclass
-class Resolved:
-    """Validated inputs of an experiment, nothing written yet."""
-    base: dict              # flat values every trial starts from
-    base_cfg: TrainConfig   # the base as a config (for the teacher recipe and the data)
-    attacks: tuple
-    eval_n: int
-    aa_n: int               # AutoAttack's subset of the eval_n images (0 = all of them)
-    tracking_uri: str
-    storage_path: str
-    name: str
-    resume: bool
-    teacher_epochs: int | None
-    download: bool = False  # --download: fetch CIFAR-10/100 with torchvision if absent
-    teacher: str | None = None      # --teacher, or the space's robustbench:NAME
-    teacher_dir: str | None = None  # where robustbench:NAME weights are
-
-
-def resolve(args, space, *, space_name: str) -> Resolved:
+def resolve(args, space, *, kind: str, variants: list | None = None, seeds: tuple = (0,),
+            num_samples: int = 1, objectives: tuple = ()) -> Experiment:
+    """The command line and the space as one checked Experiment; UsageError (or ConfigError)
+    before anything is written."""
     for opt in ("cpus_per_trial", "gpus_per_trial", "retries"):
         if getattr(args, opt) < 0:
             raise UsageError(f"--{opt.replace('_', '-')}: {getattr(args, opt)}; must be >= 0")
@@ -95,29 +78,36 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         raise UsageError("--cpus-per-trial: must be > 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError("--max-concurrent: must be >= 1")
+    variants = variants or []
     dataset = args.dataset or space.base.get("dataset", DEFAULT_DATASET)
     smoke = {**({"epochs": SMOKE["epochs"]} if args.epochs is None else {}),
              **({"train_size": SMOKE["train_size"]} if dataset == "embedded" else {})}
     opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None,
                        methods=lambda values: experiment_methods(space, values))
     values = opts.values
-    base_cfg = preset_config(values)
-    # Training keys resolved once; method keys only where the user gave them, since a grid's
-    # variants may be methods with other hyperparameters.
-    base = {**{k: v for k, v in base_cfg.to_flat().items() if k in TRAIN_KEYS},
-            **{k: v for k, v in values.items() if k not in TRAIN_KEYS}}
-    eval_n = opts.eval_n if opts.eval_n is not None else SMOKE["eval_n"] if args.smoke_test else 0
+    methods = experiment_methods(space, values)
+    configs = {m: preset_config({**values, "method": m}) for m in dict.fromkeys(
+        [values.get("method", TrainConfig.method), *methods])}
+    template = next(iter(configs.values()))
+    for v in variants:  # every grid point must be a valid config before anything starts
+        point_config(configs, v, space.teachers)
+    # what the parent run logs: the resolved training keys, and the method keys given
+    params = {**{k: v for k, v in template.to_flat().items() if k in TRAIN_KEYS},
+              **{k: v for k, v in values.items() if k not in TRAIN_KEYS}}
+    eval_n = opts.eval_n if opts.eval_n is not None else (
+        SMOKE["eval_n"] if args.smoke_test else space.eval_n or 0)
     aa_n = opts.aa_n if opts.aa_n is not None else (
-        EMBEDDED_AA_N if dataset == "embedded" and not args.smoke_test else 0)
+        0 if args.smoke_test else space.aa_n if space.aa_n is not None else
+        EMBEDDED_AA_N if dataset == "embedded" else 0)
     teacher = opts.teacher or space.teacher
-    check_teacher(teacher, base_cfg.dataset, opts.teacher_dir, opts.download)
+    check_teacher(teacher, template.dataset, opts.teacher_dir, opts.download)
     teacher_epochs = opts.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
 
     uri = args.tracking_uri or default_tracking_uri()
     check_tracking_uri(uri)
     storage = str(Path(args.storage_path).resolve())
-    name = args.name or (latest(storage, space_name) if args.resume else None) \
-        or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or (latest(storage, space.name) if args.resume else None) \
+        or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_paths(args, name)
     exp_dir = Path(storage) / name
     from trainables.experiment import can_resume
@@ -128,9 +118,57 @@ def resolve(args, space, *, space_name: str) -> Resolved:
                          "continue it or choose another --name")
     if args.address:
         check_ray_address(args.address)
-    return Resolved(base, base_cfg, opts.attacks, eval_n, aa_n, uri, storage, name, args.resume,
-                    teacher_epochs, download=opts.download, teacher=teacher,
-                    teacher_dir=opts.teacher_dir)
+    return Experiment(
+        space=space, kind=kind, configs=configs, params=params,
+        teachers=teacher_specs(args, space, teacher, variants), name=name, tracking_uri=uri,
+        storage_path=storage, command=command_line(), resume=args.resume, variants=variants,
+        seeds=seeds, num_samples=num_samples, objectives=objectives, seed=args.seed,
+        attacks=opts.attacks, eval_n=eval_n, aa_n=aa_n, transfer=transfer_option(args),
+        teacher_epochs=teacher_epochs,
+        teacher_max_epochs=teacher_epochs if args.smoke_test else None,
+        teacher_aa_n=teacher_aa_n(args, space), teacher_dir=opts.teacher_dir,
+        download=opts.download, address=args.address, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        retries=args.retries)
+
+
+def teacher_specs(args, space, teacher: str | None, variants: list) -> dict:
+    """name -> TeacherSpec that the experiment's trials use: the space's `teachers:` (those its
+    grid or search names), else the one that --teacher / --teacher-method describe."""
+    if not space.teachers:
+        return {DEFAULT_NAME: from_options(teacher, args.teacher_method)}
+    if args.teacher or args.teacher_method != "pgd_at":
+        raise UsageError(f"--teacher/--teacher-method: space {space.name!r} names its teachers "
+                         f"({', '.join(space.teachers)}); drop the option or use another space")
+    used = {v[TEACHER_KEY] for v in variants if TEACHER_KEY in v}
+    if TEACHER_KEY in space.search:
+        used |= set(space.search[TEACHER_KEY].values)
+    specs = {k: s for k, s in space.teachers.items() if k in used or not used}
+    for s in specs.values():
+        if s.kind == "path" and not Path(s.path).is_file():
+            raise UsageError(f"space {space.name!r}: teacher {s.name}: {s.path}: no such file")
+    return specs
+
+
+def transfer_option(args) -> str:
+    """--transfer-from: '', 'teacher' or an existing checkpoint path."""
+    value = (getattr(args, "transfer_from", None) or "").strip()
+    if value and value != TRANSFER_TEACHER and not Path(value).is_file():
+        raise UsageError(f"--transfer-from {value}: no such file; allowed: {TRANSFER_TEACHER} or "
+                         "a checkpoint path")
+    return value
+
+
+def teacher_aa_n(args, space) -> int:
+    """Validation images of each teacher's own AutoAttack: --teacher-aa-n, else the space's, else
+    none. Not on by default: AA on the small_resnet teacher costs ~6 s of one core per robust
+    image (measured: 10 images of the eps-4 PGD-AT teacher, 63 s), ~6x the student's."""
+    if getattr(args, "teacher_aa_n", None) is not None:
+        if args.teacher_aa_n < 0:
+            raise UsageError(f"--teacher-aa-n: {args.teacher_aa_n}; must be >= 0 (0 = none)")
+        return args.teacher_aa_n
+    n = space.teacher_aa_n or 0
+    return min(n, SMOKE_TEACHER_AA_N) if args.smoke_test else n
 
 
 def check_paths(args, name: str) -> None:
@@ -193,10 +231,6 @@ def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
         return False
 
 
-def needs_teacher(methods) -> bool:
-    return any(METHODS[m].needs_teacher for m in methods)
-
-
 def command_line() -> str:
     """The command as typed: `python -m orchestrator.tune ...` (argv[0] is a file path)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
@@ -204,15 +238,3 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
 
 
-def parent_state(exp_dir: Path) -> dict | None:
-    f = exp_dir / STATE_FILE
-    return json.loads(f.read_text()) if f.exists() else None
-
-
-def write_parent_state(exp_dir: Path, state: dict) -> None:
-    from smaraad.io import save_json
-    save_json(exp_dir / STATE_FILE, state)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

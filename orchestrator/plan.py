@@ -19,11 +19,10 @@ import dataclasses
 
 import torch
 
-from orchestrator.common import Resolved
-from smaraad.config import preset_config
 from smaraad.cost import cpu_step_seconds, step_flops
 from smaraad.data import EMBEDDED_CLASSES, EMBEDDED_SIZE, EMBEDDED_TRAIN
 from smaraad.data.cifar import CIFAR
+from trainables.driver import Experiment, point_config
 
 UTILISATION = 0.40   # of the dense peak: what well-fed convolutional training typically sustains
 CPU_BATCH = 2        # images in the measured CPU step
@@ -61,15 +60,17 @@ def shape(cfg) -> tuple[int, int]:
     return 32, CIFAR[cfg.dataset][2]
 
 
-def teacher_arch(cfg, path: str | None) -> str:
-    """The teacher a run will use: our checkpoint's own arch when --teacher names one, else the
-    architecture a teacher file is imported into (--teacher-arch)."""
-    if path:
+def teacher_arch(cfg, spec) -> str:
+    """The teacher a run will use: our checkpoint's own arch when the (first) teacher spec names
+    one, else the architecture a recipe trains or a teacher file is imported into."""
+    if spec is not None and spec.kind == "path":
         from smaraad.models import CheckpointError, read_checkpoint
         try:
-            return read_checkpoint(path)["arch"]
+            return read_checkpoint(spec.path)["arch"]
         except (CheckpointError, KeyError, TypeError):
             pass
+    if spec is not None and spec.kind == "recipe":
+        return spec.fields.get("arch", cfg.teacher_arch)
     return cfg.teacher_arch
 
 
@@ -78,17 +79,17 @@ def fmt_hours(seconds: float) -> str:
     return f"{h:.3g} h" if h < 48 else f"{h / 24:.3g} d"
 
 
-def print_plan(args, r: Resolved, *, variants: list, runs_per_variant: int, label: str,
-               log=print) -> int:
-    """Print the plan of an experiment whose inputs `resolve` validated; return 0."""
-    configs = [preset_config({**r.base, **v}) for v in (variants or [{}])]
+def print_plan(exp: Experiment, *, runs_per_variant: int, label: str, log=print) -> int:
+    """Print the plan of an experiment that `resolve` validated; return 0."""
+    variants = exp.variants
+    configs = [point_config(exp.configs, v, exp.teachers) for v in (variants or [{}])]
     key = next(iter(variants[0]), None) if variants else None
     trials = len(configs) * runs_per_variant
     epochs = configs[0].epochs
     first = configs[0]
     size, classes = shape(first)
     images = train_images(first)
-    teacher = teacher_arch(first, args.teacher)
+    teacher = teacher_arch(first, next(iter(exp.teachers.values()), None))
     log(f"plan: {label} on {first.dataset} ({images} training images per epoch, {size}x{size}, "
         f"{classes} classes), student {first.student}, teacher {teacher}")
     log(f"trials x epochs: {trials} x {epochs} = {trials * epochs} trial-epochs")

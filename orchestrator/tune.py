@@ -41,15 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         SMOKE["num_samples"] if args.smoke_test else space.num_samples)
     if num_samples < 1:
         raise UsageError("--num-samples: must be >= 1")
-    r = resolve(args, space, space_name=space.name)
+    exp = resolve(args, space, kind="tune", seeds=(args.seed,), num_samples=num_samples,
+                  objectives=objectives)
     if args.plan:  # before the teacher, the data and Ray
         from orchestrator.plan import print_plan
-        return print_plan(args, r, variants=[], runs_per_variant=num_samples,
+        return print_plan(exp, runs_per_variant=num_samples,
                           label=f"tune --space {space.name}, {num_samples} trials")
 
-    from orchestrator.runner import execute
-    rows, plan = execute(args, space, r, kind="tune", variants=[], seeds=(args.seed,),
-                         num_samples=num_samples, objectives=objectives)
+    from trainables.driver import execute
+    rows, plan = execute(exp)
     keys = list(space.search)
     print()
     print(summary.trials_table(rows, keys, space.metric))
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nbest: " + ", ".join(f"{k}={summary.fmt(top['config'][k])}" for k in keys))
             print("  " + ", ".join(f"{k} {summary.fmt(v)}" for k, v in top["metrics"].items()
                                    if k.startswith(("val/", "test/"))))
-    return finish(args, rows, r)
+    return finish(args, rows, exp)
 
 
 def finish(args, rows: list[dict], r) -> int:

@@ -28,6 +28,7 @@ from smaraad.io import save_json
 from smaraad.models import CheckpointError, load_checkpoint, read_checkpoint
 from smaraad.paths import folder_or_absent, writable_file
 from smaraad.sanity import SanityWarning
+from smaraad.teachers import recorded_teacher
 
 AUTO = "auto"  # --teacher default: the teacher named in the checkpoint's config, if any
 SPLITS = ("test", "val")
@@ -50,8 +51,8 @@ def parser() -> Parser:
     p.add_argument("--source", metavar="PATH", help="checkpoint whose PGD-20/CW examples are "
                    "transferred to the model (black-box)")
     p.add_argument("--teacher", default=AUTO, metavar="PATH",
-                   help="teacher for cam_dist; 'auto' (default) = the checkpoint's teacher_path, "
-                        "'none' = no cam_dist")
+                   help="teacher for cam_dist; 'auto' (default) = the teacher the checkpoint "
+                        "records (ours or robustbench:NAME), 'none' = no cam_dist")
     p.add_argument("--cam-class", choices=CAM_CLASSES, default="label",
                    help="class whose weights form the CAMs (default: label)")
     p.add_argument("--eps-255", type=float, help="L_inf budget in 1/255 (default: the "
@@ -81,6 +82,15 @@ def _load(path: str, what: str):
         raise CheckpointError(f"{what}: {err}") from None
 
 
+def recorded(raw: dict) -> dict | None:
+    """The teacher a student checkpoint names: its `teacher` record (smaraad.teachers.
+    teacher_record), or, in checkpoints written before it, the path under teacher_path."""
+    if isinstance(raw.get("teacher"), dict):
+        return raw["teacher"]
+    path = (raw.get("config") or {}).get("teacher_path") or raw.get("teacher_path")
+    return {"spec": path, "file": path} if path else None
+
+
 DATA_KEYS = ("data_root", "train_size", "val_size", "split_seed")  # what places the split
 
 
@@ -108,7 +118,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
                         log: Callable[[str], None] | None = print) -> dict:
     """Run `evaluate_suite` on the checkpoint at `path`; every user mistake is a UserError raised
     before any attack runs. `splits` (a smaraad.data.Splits) skips loading the data again, for
-    the training command; teacher=AUTO takes the checkpoint config's teacher_path, None skips
+    the training command; teacher=AUTO takes the teacher the checkpoint records, None skips
     cam_dist. Returns the suite's dict plus what was evaluated (checkpoint, dataset, split...)."""
     from smaraad.trainer import resolve_device  # the trainer pulls in methods and data: lazily
 
@@ -135,13 +145,21 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, split: str = "
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     model = _load(path, "--checkpoint")
+    teacher_model = None
     if teacher == AUTO:
-        teacher = config.get("teacher_path") or raw.get("teacher_path")
+        record = recorded(raw)
+        teacher = record and record["file"]
         if teacher and not Path(teacher).is_file():
             if log:
                 log(f"note: the checkpoint's teacher {teacher} is missing; no cam_dist")
             teacher = None
-    teacher_model = _load(teacher, "--teacher") if teacher else None
+        if teacher:
+            try:
+                teacher_model = recorded_teacher(record, dataset)
+            except UserError as err:
+                raise UserError(f"the checkpoint's teacher: {err}") from None
+    elif teacher:
+        teacher_model = _load(teacher, "--teacher")
     source_model = _load(source, "--source") if source else None
     dev = resolve_device(device)
     if splits is None:

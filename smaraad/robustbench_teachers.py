@@ -68,6 +68,12 @@ def weights_file(name: str, dataset: str, teacher_dir, threat_model: str = THREA
     return Path(teacher_dir) / dataset / threat_model / f"{name}.pt"
 
 
+def dir_of(file) -> Path:
+    """The teacher folder holding a weights file in robustbench's layout (`weights_file`'s
+    inverse)."""
+    return Path(file).parents[2]
+
+
 def import_robustbench():
     """Import robustbench (lazily: the core needs it only for these teachers).
 

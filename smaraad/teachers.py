@@ -111,6 +111,22 @@ def provide_teacher(student: TrainConfig, *, path: str | None = None, method: st
     return Teacher(model, str(file), own, trained=True)
 
 
+def teacher_record(spec: str | None, file: str, arch: str) -> dict:
+    """How a student checkpoint names its teacher (its extra key "teacher"): the spec it was given
+    (robustbench:NAME, or a checkpoint path), the weights file and the architecture, so that
+    `recorded_teacher` rebuilds it the way the run read it, zoo teachers included."""
+    file = str(Path(file).resolve())  # the run may have named it relative to its folder
+    return {"spec": spec or file, "file": file, "arch": arch}
+
+
+def recorded_teacher(record: dict, dataset: str) -> nn.Module:
+    """The teacher a `teacher_record` names (UserError if its file cannot be read)."""
+    if is_zoo_spec(record.get("spec")):
+        from smaraad import robustbench_teachers as zoo
+        return zoo.load(zoo.zoo_name(record["spec"]), dataset, zoo.dir_of(record["file"]))
+    return _from_file(record["file"], arch=record.get("arch") or None, dataset=dataset).model
+
+
 def _from_file(path: str, *, arch: str | None = None, dataset: str = DEFAULT_DATASET) -> Teacher:
     """Our own checkpoint, or third-party weights (TRADES state_dict, {'state_dict': ...} with
     'module.' prefixes, {'net': ...}, RobustBench files) imported into `arch`. Both are read with

@@ -76,12 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary: dict = {}
     spec = METHODS[cfg.method]
     if spec.needs_teacher:
-        from smaraad.teachers import provide_teacher
+        from smaraad.teachers import provide_teacher, teacher_record
         t = provide_teacher(cfg, path=opts.teacher, method=opts.teacher_method,
                             epochs=opts.teacher_epochs, teacher_dir=opts.teacher_dir,
                             download=opts.download, data=data)
         teacher = t.model
         summary.update(t.metrics, teacher_path=t.path)
+        record = teacher_record(opts.teacher, t.path, t.model.arch)
         if spec.needs_natural_teacher:
             natural = provide_teacher(cfg, method="natural", epochs=opts.teacher_epochs).model
 
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=data, resume=resume,
                          report=lambda m, state: save_torch(state_file, state))
     save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat(),
-                    extra={"teacher_path": summary["teacher_path"]} if teacher is not None else None)
+                    extra={"teacher": record} if teacher is not None else None)
     if attacks:
         from smaraad.evaluate import evaluate_checkpoint
         final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=eval_n,

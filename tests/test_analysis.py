@@ -68,7 +68,7 @@ class Store:
         run = self.c.create_run(self.exp, run_name=trial_id, tags={
             "mlflow.parentRunId": self.parent_id, "smaraad.trial_id": trial_id, **(tags or {})})
         rid = run.info.run_id
-        metrics = [Metric("teacher/val_pgd_acc", teacher_pgd, 0, 0)]
+        metrics = [Metric("teacher/eval_pgd20_acc", teacher_pgd, 0, 0)]
         for epoch, (clean, robust) in enumerate(curve, start=1):
             metrics += [Metric("val/clean_acc", clean, 0, epoch),
                         Metric("val/pgd_acc", robust, 0, epoch), Metric("epoch", epoch, 0, epoch)]

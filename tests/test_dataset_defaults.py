@@ -94,15 +94,17 @@ def resolved(tmp_path, *argv):
         ["--storage-path", str(tmp_path / "ray"), "--tracking-uri",
          f"sqlite:///{tmp_path / 'mlflow.db'}", *argv])
     space = load_space("methods")
-    return space, resolve(args, space, space_name=space.name)
+    return space, resolve(args, space, kind="ablate", variants=space.variants, seeds=space.seeds)
 
 
 def test_set_in_a_methods_grid_reaches_every_method_that_has_the_key(tmp_path):
+    from trainables.driver import point_config
+
     space, r = resolved(tmp_path, "--dataset", "cifar100", "--set", "scale=10",
                         "--set", "alpha=0.5", "--set", "epochs=3")
     _, plain = resolved(tmp_path, "--dataset", "cifar100")
     for v in space.variants:
-        cfg, ref = preset_config({**r.base, **v}), preset_config({**plain.base, **v})
+        cfg, ref = point_config(r.configs, v), point_config(plain.configs, v)
         assert cfg.epochs == 3  # a training key: every trial
         have = {k for k in ("scale", "alpha") if k in method_keys(cfg.method)}
         expect = {**ref.to_flat(), "epochs": 3, **({"scale": 10.0} if "scale" in have else {}),

@@ -49,6 +49,6 @@ def test_both_parsers_accept_the_same_values_and_map_them_alike():
     assert (a.teacher_method, a.download, a.teacher_epochs, a.attacks) == (
         "natural", True, 5, ("clean", "pgd20"))
     assert a.values == {"dataset": "cifar10", "seed": 3, "epochs": 7, "student": "resnet18",
-                        "teacher": "wrn34_10", "data_root": "/data", "gamma": 100}
+                        "teacher_arch": "wrn34_10", "data_root": "/data", "gamma": 100}
     cfg, opts = train.options_from_args(train.parser().parse_args(["--download"]))
     assert opts.download and cfg.dataset == "embedded" and cfg.method == "smaraad_pp"

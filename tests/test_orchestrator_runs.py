@@ -67,7 +67,8 @@ def test_smoke_ablate_leaves_a_parent_with_its_trials(workdir, capsys):
         assert run.data.params["method"] == run.data.tags["variant"]
         assert run.data.params["seed"] == "0" and run.data.params["student"] == "small_cnn"
         for key in ("test/clean_acc", "test/fgsm_acc", "test/pgd20_acc", "test/cw_acc",
-                    "test/aa_acc", "test/cam_dist", "teacher/val_pgd_acc", "aa/pgd20_acc"):
+                    "test/aa_acc", "test/cam_dist", "teacher/val_pgd_acc",
+                    "teacher/eval_pgd20_acc", "aa/pgd20_acc"):
             assert key in run.data.metrics, key
         assert (run.data.metrics["n"], run.data.metrics["aa/n"]) == (64, 16)  # --aa-n of 64
         assert run.data.tags["smaraad.training_precision"] in ("bf16", "fp32")

@@ -210,7 +210,7 @@ def test_cifar100_through_the_same_path_with_its_defaults(workdir, data_root, ca
 
 def test_trials_tune_never_began_count_as_interrupted():
     """An experiment stopped before Tune created some trials must not look complete."""
-    from orchestrator.runner import not_started
+    from trainables.driver import not_started
 
     done = {"config": {"method": "ard", "seed": 0}, "metrics": {"completed": 1}, "status": "done"}
     missing = not_started([done], [{"method": "ard"}, {"method": "iad"}], (0, 1), 1)

@@ -27,7 +27,7 @@ def test_specs_parse_to_stable_labels_and_ids():
     assert a.overrides() == {"eps_255": 4.0}
     wide = parse_teacher("w", {"arch": "small_cnn", "method": "natural", "seed": 2})
     assert wide.label == "natural small_cnn seed2" and wide.id != a.id
-    assert wide.overrides() == {"seed": 2, "student": "small_cnn", "teacher": "small_cnn"}
+    assert wide.overrides() == {"seed": 2, "student": "small_cnn", "teacher_arch": "small_cnn"}
     rb = parse_teacher("r", "robustbench:Carmon2019Unlabeled")
     assert (rb.kind, rb.path, rb.label) == ("robustbench", "robustbench:Carmon2019Unlabeled",
                                             "rb:Carmon2019Unlabeled")
@@ -95,19 +95,21 @@ def test_a_search_can_vary_the_teacher_from_the_first():
 
 def test_the_trial_picks_its_teacher_by_name_and_takes_its_arch():
     from smaraad.models import build_model
+    from smaraad.config import preset_config
     from trainables.trial import TeacherWeights, TrialSetup, pick_teacher, trial_config
 
     def weights(arch, name):
         return TeacherWeights.of(build_model(arch), metrics={"teacher/val_pgd_acc": 0.1},
                                  path="", name=name)
 
-    setup = TrialSetup(base={"dataset": "embedded", "method": "kd"}, tracking=None, data=None,
+    setup = TrialSetup(configs={"kd": preset_config({"dataset": "embedded", "method": "kd"})},
+                       tracking=None, data=None,
                        teachers={"big": weights("small_resnet", "big"),
                                  "tiny": weights("small_cnn", "tiny")})
     assert pick_teacher(setup, {"teacher": "tiny"}).name == "tiny"
     assert pick_teacher(setup, {}).name == "big"  # no key: the experiment's first
-    assert trial_config(setup, {"teacher": "tiny"}).teacher == "small_cnn"
-    assert trial_config(setup, {"method": "kd"}).teacher == "small_resnet"  # the preset's
+    assert trial_config(setup, {"teacher": "tiny"}).teacher_arch == "small_cnn"
+    assert trial_config(setup, {"method": "kd"}).teacher_arch == "small_resnet"  # the preset's
 
 
 # --- the slope table and Figure 1 -----------------------------------------------------------
@@ -215,13 +217,13 @@ def test_teachers_smoke_run_logs_each_teacher_and_the_slope_table(tmp_path, monk
     by_teacher = {}
     for r in children:
         m = r.data.metrics
-        for key in ("teacher/val_clean_acc", "teacher/val_pgd_acc", "teacher/val_aa_acc",
+        for key in ("teacher/eval_clean_acc", "teacher/eval_pgd20_acc", "teacher/eval_aa_acc",
                     "test/transfer_pgd20_acc", "test/transfer_cw_acc", "test/pgd20_acc"):
             assert key in m, key
         assert r.data.params["teacher"] == r.data.tags["smaraad.teacher"]
         assert r.data.params["teacher_label"] == space.teachers[r.data.params["teacher"]].label
         assert r.data.tags["smaraad.transfer_from"] == f"teacher {r.data.params['teacher']}"
-        by_teacher.setdefault(r.data.params["teacher"], set()).add(m["teacher/val_pgd_acc"])
+        by_teacher.setdefault(r.data.params["teacher"], set()).add(m["teacher/eval_pgd20_acc"])
     assert all(len(v) == 1 for v in by_teacher.values())  # one measurement per teacher
     report = tmp_path / "reports" / "tsmoke"
     assert (report / "fig1_student_vs_teacher.png").is_file()

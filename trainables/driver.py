@@ -17,9 +17,11 @@ from pathlib import Path
 from smaraad.config import TrainConfig
 from smaraad.io import save_json
 from smaraad.methods import METHODS
+from smaraad.teacher_specs import TEACHER_KEY
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 TEACHER_ARTIFACT_MAX = 256 * 2**20  # bytes; larger teachers are referenced by path only
+TRANSFER_TEACHER = "teacher"  # --transfer-from: the trial's own teacher
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ class Experiment:
         return Path(self.storage_path) / self.name
 
 
+def point_config(configs: dict, point: dict, teacher_names=()) -> TrainConfig:
+    """A point's config: its method's resolved config with the point's other values applied
+    (checked); a `teacher` value among `teacher_names` names a teacher, not an architecture."""
+    values = {k: v for k, v in point.items()
+              if k != "method" and not (k == TEACHER_KEY and v in teacher_names)}
+    return configs[point.get("method", next(iter(configs)))].with_values(values)
+
+
 def parent_state(exp_dir: Path) -> dict | None:
     f = exp_dir / STATE_FILE
     return json.loads(f.read_text()) if f.exists() else None
@@ -104,7 +114,7 @@ def execute(exp: Experiment) -> tuple[list[dict], "Plan"]:
     from smaraad.trainer import load_splits
     from trainables import experiment as ex
     from trainables.tracking import Tracking, client, start_parent
-    from trainables.trial import TRANSFER_TEACHER, TeacherWeights, TrialSetup
+    from trainables.trial import TeacherWeights, TrialSetup
 
     # The data first: a missing data set (or --download) is settled before Ray starts or a
     # teacher trains; the teachers are then measured on its validation split.

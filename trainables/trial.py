@@ -1,8 +1,9 @@
 """The Ray Tune function trainable: one trial = one `smaraad.trainer.fit` run.
 
-It receives the searched values (and the seed, and the grid's method for ablations) as its Tune
-config; everything shared (the base config, the teachers' weights, the data, where to log) comes
-once through Ray's object store via `tune.with_parameters`. An experiment may hold several named
+It receives its point as its Tune config: the searched or grid values and the seed, the one flat
+form Ray and Optuna need (made by trainables/experiment.py's `param_space`, read back here by
+`trial_config` alone). Everything shared (each method's resolved config, the teachers' weights,
+the data, where to log) comes once through Ray's object store via `tune.with_parameters`. An experiment may hold several named
 teachers: a trial distils from the one its config's `teacher` names (a grid or search key), else
 from the experiment's first. Each epoch it reports the core's metrics
 with a checkpoint of the resumable state; on restart it continues from `tune.get_checkpoint()`.
@@ -12,6 +13,7 @@ trial's own MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import tempfile
@@ -25,12 +27,14 @@ from ray import tune
 
 from smaraad import metrics
 from smaraad.attacks import from_255
-from smaraad.config import TrainConfig, preset_config
+from smaraad.config import TrainConfig
 from smaraad.data import Splits
 from smaraad.teacher_specs import TEACHER_KEY
 from smaraad.evaluation import evaluate_suite
-from smaraad.models import build_model
+from smaraad.models import MODELS, build_model
+from smaraad.teachers import teacher_record
 from smaraad.trainer import fit, resolve_device, training_precision
+from trainables.driver import TRANSFER_TEACHER, point_config
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
@@ -65,6 +69,12 @@ class TeacherWeights:
                    {k: v.cpu() for k, v in model.state_dict().items()}, metrics, path,
                    tuple(getattr(model, "source", ())), name, label)
 
+    @property
+    def record(self) -> dict:
+        """How a student checkpoint names this teacher (smaraad.teachers.teacher_record): a zoo
+        teacher by its robustbench:NAME (its arch), ours by its file."""
+        return teacher_record(self.arch if self.zoo else self.path, self.path, self.arch)
+
     def build(self):
         if self.zoo:
             from smaraad.robustbench_teachers import rebuild
@@ -78,7 +88,7 @@ class TeacherWeights:
 @dataclass
 class TrialSetup:
     """What every trial of an experiment shares."""
-    base: dict                       # flat TrainConfig values (preset + space base + options)
+    configs: dict                    # method -> TrainConfig, resolved once (the first: default)
     tracking: Tracking
     teachers: dict                   # name -> TeacherWeights (first = the default); {} = none
     data: Splits
@@ -100,12 +110,14 @@ def pick_teacher(setup: TrialSetup, config: dict) -> TeacherWeights | None:
 
 
 def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
-    """The trial's config: its values over the shared base, over the data set's preset. A
-    `teacher` value naming one of the experiment's teachers becomes that teacher's arch."""
-    values = {**setup.base, **config}
-    if config.get(TEACHER_KEY) in setup.teachers:
-        values[TEACHER_KEY] = setup.teachers[config[TEACHER_KEY]].arch
-    return preset_config(values)
+    """The trial's config (`point_config`); where its `teacher` names one of the experiment's
+    teachers, teacher_arch becomes that teacher's architecture (a model-zoo teacher's is not one
+    of ours: the config keeps its own)."""
+    cfg = point_config(setup.configs, config, setup.teachers)
+    chosen = setup.teachers.get(config.get(TEACHER_KEY))
+    if chosen is not None and chosen.arch in MODELS:
+        cfg = dataclasses.replace(cfg, teacher_arch=chosen.arch)
+    return cfg
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
@@ -150,7 +162,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         model, last = fit(cfg, teacher=teacher, natural_teacher=natural, data=setup.data,
                              report=report, resume=resume, log=None)
         teacher = teacher.to(device) if teacher is not None else None
-        source = teacher if setup.transfer_from == "teacher" else (
+        source = teacher if setup.transfer_from == TRANSFER_TEACHER else (
             setup.transfer_source.build() if setup.transfer_source else None)
         final = evaluate_suite(model, setup.data.test, attacks=setup.eval_attacks,
                                n=setup.eval_n, aa_n=setup.aa_n, device=device, seed=cfg.seed,
@@ -166,7 +178,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.set_tags({"smaraad.flags": "; ".join(flags) or "none", "smaraad.completed": "true"})
         with tempfile.TemporaryDirectory() as d:
             from smaraad.models import save_checkpoint
-            save_checkpoint(Path(d) / "student.pt", model.cpu(), config=cfg.to_flat())
+            save_checkpoint(Path(d) / "student.pt", model.cpu(), config=cfg.to_flat(),
+                            extra={"teacher": chosen.record} if chosen else None)
             run.log_artifact(str(Path(d) / "student.pt"))
         tune.report({**last, **scalars, COMPLETED: 1})
         run.finish("FINISHED")
