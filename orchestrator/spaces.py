@@ -9,7 +9,7 @@ because it is the first point evaluated.
 A space may name its teachers (`teachers:`, name -> spec: a recipe mapping, a checkpoint path or
 robustbench:NAME; smaraad/teacher_specs.py) and vary them like any parameter: the grid (or a
 `choice` search) key `teacher` takes those names. It then means the teacher a trial distils from,
-not the config's teacher architecture (which becomes that teacher's). `teacher_aa_n` sets on how
+not the config's `teacher_arch` (which becomes that teacher's). `teacher_aa_n` sets on how
 many validation images each teacher's own AutoAttack accuracy is measured (0 = none); `eval_n`
 and `aa_n` size each trial's final evaluation where the command line does not (--eval-n, --aa-n).
 """
@@ -79,7 +79,7 @@ class Space:
 
     def paper_point(self) -> dict:
         """The paper's value of each searched parameter: Optuna's first point."""
-        flat = TrainConfig.from_flat({"method": self.base.get("method", TrainConfig.method)}).to_flat()
+        flat = _defaults(self.base)
         if self.teachers:  # no paper value for a teacher name: the space's first teacher
             flat[TEACHER_KEY] = next(iter(self.teachers))
         return {k: flat[k] for k in self.search}
@@ -120,7 +120,7 @@ def _validate(name: str, raw: dict) -> Space:
     teacher = base.get("teacher")
     if is_zoo_spec(teacher):  # a teacher by name, not an architecture to train
         base = {k: v for k, v in base.items() if k != "teacher"}
-    TrainConfig.from_flat(base)  # every base key must be valid on its own
+    _config(base)  # every base key must be valid on its own
     kw: dict[str, Any] = dict(name=name, kind=kind, metric=metric, mode=mode, base=base,
                               teacher=teacher if is_zoo_spec(teacher) else None,
                               description=str(raw.get("description", "")))
@@ -167,9 +167,21 @@ def _validate(name: str, raw: dict) -> Space:
     _check_teacher_key(teachers, grid.get(TEACHER_KEY), "grid")
     space = Space(**kw, grid=grid, seeds=tuple(seeds))
     for variant in space.variants:  # every combination must make a valid config
-        TrainConfig.from_flat({k: v for k, v in {**base, **variant}.items()
-                               if not (k == TEACHER_KEY and teachers)})
+        _config(base, variant, teachers)
     return space
+
+
+def _config(base: dict, values: dict | None = None, teachers=()) -> TrainConfig:
+    """The one check of a space's values: `values` over its base as a TrainConfig (ConfigError
+    names a bad key or value); a `teacher` naming one of its teachers is not a config key."""
+    merged = {**base, **(values or {})}
+    return TrainConfig.from_flat({k: v for k, v in merged.items()
+                                  if not (k == TEACHER_KEY and teachers)})
+
+
+def _defaults(base: dict) -> dict:
+    """The flat defaults (the paper's values) of the base's method."""
+    return TrainConfig(method=base.get("method", TrainConfig.method)).to_flat()
 
 
 def _check_teacher_key(teachers: dict, values, where: str) -> None:
@@ -231,11 +243,11 @@ def _dist(name: str, spec: Any) -> Dist:
 def _check_known(base: dict, search: dict) -> None:
     """Each searched parameter must be a key the trainer knows, valid at both ends of its range."""
     method = base.get("method", TrainConfig.method)
-    flat = TrainConfig.from_flat({"method": method}).to_flat()
+    flat = _defaults(base)
     for k, d in search.items():
         if k not in flat:
             raise ConfigError(f"search.{k}: not a parameter of method {method!r}; known: "
                               f"{', '.join(sorted(flat))}")
         ends = d.values if d.distribution == "choice" else (d.low, d.high)
         for v in ends:
-            TrainConfig.from_flat({**base, k: int(v) if d.distribution == "int" else v})
+            _config(base, {k: int(v) if d.distribution == "int" else v})
