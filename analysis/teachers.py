@@ -26,7 +26,7 @@ from scipy import stats
 
 from smaraad import metrics
 
-TEACHER_X = "metrics." + metrics.TEACHER["teacher/eval_pgd20_acc"].key
+TEACHER_X = "metrics." + metrics.TEACHER["eval_pgd20_acc"].key
 STUDENT_Y = (("test/pgd20_acc", "PGD-20"), ("test/aa_acc", "AA"))
 
 

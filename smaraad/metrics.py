@@ -131,7 +131,7 @@ class TeacherMetric:
         return f"teacher/{self.field}"
 
 
-TEACHER: dict[str, TeacherMetric] = {m.key: m for m in (
+TEACHER: dict[str, TeacherMetric] = {m.field: m for m in (
     TeacherMetric("val_clean_acc", "train", "val/clean_acc", "the trainer's validation clean accuracy"),
     TeacherMetric("val_pgd_acc", "train", "val/pgd_acc",
                   "the trainer's validation PGD accuracy (val_pgd_steps steps of 2/255)"),
@@ -145,6 +145,10 @@ TEACHER: dict[str, TeacherMetric] = {m.key: m for m in (
     TeacherMetric("leaderboard_aa_acc", "leaderboard", "autoattack_acc",
                   "RobustBench's AutoAttack accuracy"),
 )}
+
+
+def is_teacher_key(key: str) -> bool:
+    return any(m.key == key for m in TEACHER.values())
 
 
 def teacher_figures(source: str, values: dict) -> dict[str, float]:

@@ -184,7 +184,7 @@ def wrap(net: nn.Module, name: str, dataset: str, threat_model: str = THREAT_MOD
 
 
 def leaderboard(name: str, dataset: str) -> dict:
-    """teacher/leaderboard_clean_acc and _aa_acc (fractions) where RobustBench lists NAME."""
+    """The TEACHER figures of source "leaderboard" (fractions) where RobustBench lists NAME."""
     row = json.loads(LEADERBOARD.read_text()).get(dataset, {}).get(name) or {}
     return metrics.teacher_figures("leaderboard", {k: v / 100 for k, v in row.items()
                                                    if isinstance(v, (int, float))})

@@ -23,7 +23,7 @@ from torch import nn
 
 from smaraad.config import DEFAULT_DATASET, ConfigError, TrainConfig, preset_config
 from smaraad.models import import_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
-from smaraad.metrics import teacher_figures
+from smaraad.metrics import is_teacher_key, teacher_figures
 from smaraad.paths import cache_root
 from smaraad.robustbench_teachers import is_zoo_spec
 
@@ -136,7 +136,7 @@ def _from_file(path: str, *, arch: str | None = None, dataset: str = DEFAULT_DAT
         model = import_state_dict(path, arch=arch, num_classes=100 if dataset == "cifar100" else 10)
         return Teacher(model, path, {})
     metrics = {k: float(v) for k, v in (raw.get("metrics") or {}).items()
-               if k.startswith("teacher/")}
+               if is_teacher_key(k)}
     return Teacher(load_checkpoint(path), path, metrics)
 
 

@@ -191,50 +191,6 @@ def test_a_bad_teacher_name_stops_tune_before_anything_is_written(tmp_path, caps
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_smoke_tune_with_a_zoo_teacher_from_a_space_base(tmp_path, capsys, monkeypatch):
-    import ray
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator import tune
-    from test_data import _write_cifar10
-
-    import torchvision.datasets.cifar as tv_cifar
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
-    monkeypatch.chdir(tmp_path)
-    _write_cifar10(tmp_path / "data", per_batch=8, n_test=8)
-    write_weights(tmp_path / "w", SMALL)
-    space = tmp_path / "zoo.yaml"
-    space.write_text("kind: tune\nbase: {method: smaraad_pp, teacher: robustbench:%s}\n"
-                     "search:\n  gamma: {distribution: loguniform, low: 10.0, high: 3000.0}\n"
-                     % SMALL)
-    argv = ["--space", str(space), "--smoke-test", "--num-samples", "1", "--epochs", "1",
-            "--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--student",
-            "small_cnn", "--teacher-dir", str(tmp_path / "w"), "--eval-n", "8",
-            "--attacks", "clean,pgd20", "--set", "attack_steps=1", "--set", "batch_size=16",
-            "--set", "val_size=8", "--name", "zoo", "--tracking-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "ray"),
-            "--no-report"]
-    try:
-        code, out, err = run_cli(tune.main, argv, capsys)
-    finally:
-        ray.shutdown()
-    assert code == 0, err
-    c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = c.search_runs([c.get_experiment_by_name("zoo").experiment_id])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
-    assert parent.data.params["teacher"] == f"robustbench:{SMALL}"
-    assert parent.data.metrics["teacher/leaderboard_clean_acc"] == pytest.approx(0.8459)
-    assert "teacher/val_pgd_acc" not in parent.data.metrics  # measured once: by the experiment
-    for key in ("teacher/eval_clean_acc", "teacher/eval_pgd20_acc"):
-        assert 0.0 <= parent.data.metrics[key] <= 1.0
-        assert child.data.metrics[key] == parent.data.metrics[key]
-    assert child.info.status == "FINISHED"
-    assert child.data.params["teacher"] == f"robustbench:{SMALL}"
-    assert {"test/cam_dist", "train/loss_guide_align_adv"} <= set(child.data.metrics)
-
-
 @pytest.fixture
 def zoo_cifar(tmp_path, monkeypatch):
     """A folder with test-written CIFAR-10 files under data/ and SMALL's zoo file under w/."""
@@ -252,6 +208,47 @@ ZOO_DATA = ["--dataset", "cifar10", "--teacher-dir", "w", "--data-root", "data",
             "small_cnn", "--epochs", "1", "--set", "attack_steps=1", "--set", "batch_size=16",
             "--set", "val_size=8"]
 ZOO_RUN = ["--teacher", f"robustbench:{SMALL}", *ZOO_DATA]
+
+
+def run_zoo_experiment(main, argv, root: Path, name: str, capsys):
+    """Run tune's or ablate's main on argv, logging under root; its (parent, trial) MLflow runs."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        code, out, err = run_cli(main, [*argv, "--name", name, "--tracking-uri", uri,
+                                        "--storage-path", str(root / "ray"), "--no-report"],
+                                 capsys)
+    finally:
+        ray.shutdown()
+    assert code == 0, err
+    c = MlflowClient(tracking_uri=uri)
+    runs = c.search_runs([c.get_experiment_by_name(name).experiment_id])
+    return (next(r for r in runs if "mlflow.parentRunId" not in r.data.tags),
+            next(r for r in runs if "mlflow.parentRunId" in r.data.tags))
+
+
+@pytest.mark.slow
+def test_smoke_tune_with_a_zoo_teacher_from_a_space_base(zoo_cifar, capsys):
+    from orchestrator import tune
+
+    space = zoo_cifar / "zoo.yaml"
+    space.write_text("kind: tune\nbase: {method: smaraad_pp, teacher: robustbench:%s}\n"
+                     "search:\n  gamma: {distribution: loguniform, low: 10.0, high: 3000.0}\n"
+                     % SMALL)
+    argv = [*ZOO_DATA, "--space", str(space), "--smoke-test", "--num-samples", "1", "--eval-n",
+            "8", "--attacks", "clean,pgd20"]
+    parent, child = run_zoo_experiment(tune.main, argv, zoo_cifar, "zoo", capsys)
+    assert parent.data.params["teacher"] == f"robustbench:{SMALL}"
+    assert parent.data.metrics["teacher/leaderboard_clean_acc"] == pytest.approx(0.8459)
+    assert "teacher/val_pgd_acc" not in parent.data.metrics  # measured once: by the experiment
+    for key in ("teacher/eval_clean_acc", "teacher/eval_pgd20_acc"):
+        assert 0.0 <= parent.data.metrics[key] <= 1.0
+        assert child.data.metrics[key] == parent.data.metrics[key]
+    assert child.info.status == "FINISHED"
+    assert child.data.params["teacher"] == f"robustbench:{SMALL}"
+    assert {"test/cam_dist", "train/loss_guide_align_adv"} <= set(child.data.metrics)
 
 
 @pytest.mark.slow
@@ -282,26 +279,14 @@ def test_train_then_evaluate_its_student_with_a_zoo_teacher(zoo_cifar, capsys):
 
 @pytest.mark.slow
 def test_ablate_with_a_zoo_teacher_and_transfer_from_it(zoo_cifar, capsys):
-    import ray
-    from mlflow.tracking import MlflowClient
-
     from orchestrator import ablate
 
     space = zoo_cifar / "zoo_grid.yaml"
     space.write_text(f"kind: grid\nbase: {{teacher: robustbench:{SMALL}}}\n"
                      "grid:\n  method: [kd]\n")
     argv = [*ZOO_DATA, "--space", str(space), "--smoke-test", "--eval-n", "8", "--attacks",
-            "clean,pgd20", "--transfer-from", "teacher", "--name", "zab", "--tracking-uri",
-            f"sqlite:///{zoo_cifar / 'mlflow.db'}", "--storage-path", str(zoo_cifar / "ray"),
-            "--no-report"]
-    try:
-        code, out, err = run_cli(ablate.main, argv, capsys)
-    finally:
-        ray.shutdown()
-    assert code == 0, err
-    c = MlflowClient(tracking_uri=f"sqlite:///{zoo_cifar / 'mlflow.db'}")
-    runs = c.search_runs([c.get_experiment_by_name("zab").experiment_id])
-    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+            "clean,pgd20", "--transfer-from", "teacher"]
+    _, child = run_zoo_experiment(ablate.main, argv, zoo_cifar, "zab", capsys)
     assert child.info.status == "FINISHED", child.data.tags.get("smaraad.error")
     assert child.data.tags["smaraad.transfer_from"] == "teacher default"
     assert {"test/transfer_pgd20_acc", "test/transfer_cw_acc", "test/cam_dist",
