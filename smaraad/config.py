@@ -165,7 +165,8 @@ def canonical(values: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         name = canonical_key(key)
         if name in out:
-            raise ConfigError(f"{key!r} and {name!r} are one key; give it once")
+            alias = next(a for a, n in ALIASES.items() if n == name)
+            raise ConfigError(f"{alias!r} and {name!r} are one key; give it once")
         out[name] = value
     return out
 

@@ -93,3 +93,22 @@ def test_embedded_preset_keeps_user_values_on_top():
     assert preset_config({"method": "smaraad", "gamma": 50}).params.gamma == 50
     paper = preset_config({"dataset": "cifar10", "method": "smaraad"})
     assert paper.params.gamma == 1000.0 and paper.student == "resnet18"
+
+
+def test_a_config_written_with_the_former_teacher_key_still_loads():
+    old = preset_config({"method": "kd"}).to_flat()
+    old["teacher"] = old.pop("teacher_arch")  # how configs and checkpoints spelled it before
+    assert TrainConfig.from_flat(old) == preset_config({"method": "kd"})
+    assert TrainConfig.from_flat({"teacher": "small_cnn"}).teacher_arch == "small_cnn"
+    with pytest.raises(ConfigError, match="'teacher' and 'teacher_arch' are one key"):
+        TrainConfig.from_flat({"teacher": "small_cnn", "teacher_arch": "small_cnn"})
+
+
+def test_with_values_lays_a_point_over_a_resolved_config_like_the_preset_does():
+    point = {"gamma": 28.6, "lambda": 0.2, "seed": 3, "epochs": 2}
+    template = preset_config({"method": "smaraad_pp"})
+    assert template.with_values(point) == preset_config({"method": "smaraad_pp", **point})
+    with pytest.raises(ConfigError, match="gamma"):
+        template.with_values({"gamma": -1})
+    with pytest.raises(ConfigError, match="unknown key 'scale'"):
+        template.with_values({"scale": 10})
