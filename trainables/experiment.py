@@ -1,7 +1,7 @@
 """Ray Tune experiments: Optuna + ASHA for tuning, a plain grid for ablations, resume, results.
 
-Everything that knows Ray's API lives here and in trial.py; the commands in orchestrator/ hand over
-a `Plan` and get back plain dicts. Pitfalls this file works around (Ray Tune 2.60, Optuna 5.0):
+Everything that knows Ray's API lives here and in trial.py; the driver (driver.py) hands over a
+`Plan` and gets back plain dicts. Pitfalls this file works around (Ray Tune 2.60, Optuna 5.0):
 - metric/mode go on TuneConfig, not also on ASHA (ValueError); for several objectives they go on
   OptunaSearch, and ASHA keeps its own single metric;
 - TPE models nothing before n_startup_trials finished trials: set it for small sweeps;
