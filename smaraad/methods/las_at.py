@@ -67,8 +67,8 @@ ACTION_SPACES = {
 @dataclass(frozen=True)
 class LASATParams:
     action_space: str = choice("readme_cifar10", tuple(ACTION_SPACES), "the eps, steps and step "
-                               "size lists a strategy chooses from: the README's training command "
-                               "or the script's argparse defaults, per data set (see ACTION_SPACES)")
+                               "size lists a strategy chooses from: the README's training "
+                               "command or the script's argparse defaults, per data set")
     eps_choices_255: tuple = field(default=(), metadata=dict(
         doc="the eps a strategy may choose, 1/255 units; empty = the action space's"))
     steps_choices: tuple = field(default=(), metadata=dict(
