@@ -15,7 +15,8 @@ perturbation. No extra network.
   1 for cifar10, 10 for cifar100, tinyimagenet"). x - d is not clipped to [0, 1] (`clip_minus`).
   The student is in train mode for both of its passes; the teacher's differences carry no
   gradient. The differences are taken in fp32 (float64 stays float64): under bf16 autocast the
-  logits are bf16, and a difference of two nearby bf16 logits keeps few significant bits.
+  logits are bf16, and their bf16 difference is rounded wherever two logits differ in sign or by
+  more than a factor of 2.
 - AdaAD's clean term (1 - alpha_adaad) KL(S(x), T(x)) is kept as a switch; the reference uses
   the adversarial KL only (`adaad_alpha` = 1).
 - The training attack's budgets: igdm.py:49 (and the repository's adaad.py:49) calls
