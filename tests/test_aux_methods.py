@@ -133,3 +133,69 @@ def test_the_igdm_weight_ramps_linearly_over_the_run():
                                   eps=0, step=0, steps=0, epoch=e, epochs=10)
     assert [igdm_weight(ctx(e)) for e in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert igdm_weight(ctx(0, schedule="constant", igdm_alpha=3)) == 3.0
+
+
+def test_the_policy_optimiser_takes_its_momentum_and_weight_decay():
+    from types import SimpleNamespace
+
+    from smaraad.methods.las_at import make_strategy
+
+    data = SimpleNamespace(num_classes=10, mean=(0.0,) * 3, std=(1.0,) * 3, center=False)
+    cfg = config("las_at", student="small_cnn", policy_momentum=0.5, policy_weight_decay=1e-3)
+    group = make_strategy(cfg, data)["strategy"].optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"], group["lr"]) == (0.5, 1e-3, 0.05)
+
+
+class BF16Logits(torch.nn.Module):
+    """A model whose logits come out in bf16, as under bf16 autocast, spread x10 so that x + d
+    and x - d give logits of different sizes and signs (where a bf16 difference rounds)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return (10 * self.inner(x)).to(torch.bfloat16)
+
+
+def igdm_setup(eps=64 / 255, step=32 / 255, **params):
+    torch.manual_seed(0)
+    student, teacher = (BF16Logits(build_model("small_cnn", num_classes=10)).eval()
+                        for _ in range(2))
+    teacher.requires_grad_(False)
+    ctx = Context(student=student, teacher=teacher, params=METHODS["igdm"].make_params(params),
+                  eps=eps, step=step, steps=2, epoch=9, epochs=10)
+    return ctx, torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+
+
+def test_igdm_takes_its_logit_differences_in_fp32():
+    from smaraad.methods.common import adversarial, kl
+
+    ctx, x, y = igdm_setup()
+    torch.manual_seed(1)
+    got = METHODS["igdm"].loss(ctx, x, y)["igdm"]
+    torch.manual_seed(1)  # the same attack start: the same x'
+    p = ctx.params
+    x_adv = adversarial(ctx, x, y, attack=p.attack, start=p.start, student_mode=p.student_mode)
+    with torch.no_grad():
+        s = [ctx.student(v) for v in (x_adv, 2 * x - x_adv)]
+        t = [ctx.teacher(v) for v in (x_adv, 2 * x - x_adv)]
+        fp32 = kl(s[0].float() - s[1].float(), t[0].float() - t[1].float(), p.kl_reduction)
+        bf16 = kl(s[0] - s[1], t[0] - t[1], p.kl_reduction)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.detach(), fp32, rtol=1e-6, atol=0)
+    assert not torch.isclose(bf16, fp32, rtol=1e-6, atol=0), "bf16 differences round: the " \
+                                                               "check would not see them"
+
+
+def test_igdm_swap_budgets_swaps_the_training_attacks_eps_and_step_only():
+    def igdm_terms(eps, step, **params):
+        ctx, x, y = igdm_setup(eps, step, **params)
+        torch.manual_seed(1)
+        terms = METHODS["igdm"].loss(ctx, x, y)
+        assert (ctx.eps, ctx.step) == (eps, step), "the caller's threat model is left alone"
+        return {k: v.detach() for k, v in terms.items()}
+
+    swapped = igdm_terms(8 / 255, 2 / 255, swap_budgets=True)
+    torch.testing.assert_close(swapped, igdm_terms(2 / 255, 8 / 255), rtol=0, atol=0)
+    assert swapped["kl_adv"] != igdm_terms(8 / 255, 2 / 255)["kl_adv"]

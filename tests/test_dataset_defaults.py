@@ -1,12 +1,17 @@
-"""Dataset-aware method defaults, and --set in experiments over several methods.
+"""Dataset-aware method defaults, checked against the table in docs/baselines.md, and --set in
+experiments over several methods.
 
-Where a baseline's reference script changes a constant on CIFAR-100 (RSLAD's and MTARD's x10,
-AdaAD's batchmean KL), the default follows the data set and the user's value still wins.
+The table "Defaults that follow the data set" is the record of each method's constants per data
+set, with the reference file and line; these tests parse it and hold the registry to it, so a
+default that drifts from its reference (or a data-set default nobody documented) fails here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,34 +20,122 @@ from conftest import run_cli
 from smaraad.config import METHOD_OVERRIDES, ConfigError, TrainConfig, method_keys, preset_config
 from smaraad.methods import METHODS, Context
 
-CIFAR100 = {"rslad": {"scale": 10.0}, "mtard": {"scale": 10.0},
-            "adaad": {"kl_reduction": "batchmean"}}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
+COLUMNS = {"CIFAR-10": "cifar10", "CIFAR-100": "cifar100", "embedded": "embedded"}
 
 
-@pytest.mark.parametrize("method", sorted(CIFAR100))
-def test_cifar100_defaults_follow_the_reference_and_the_user_wins(method):
-    (key, value), = CIFAR100[method].items()
-    c100 = preset_config({"method": method, "dataset": "cifar100"}).to_flat()
-    c10 = preset_config({"method": method, "dataset": "cifar10"}).to_flat()
-    default = getattr(METHODS[method].params(), key)
-    assert c100[key] == value and c10[key] == default != value
-    # the switch stays: the user's value wins over the data set's default
-    assert preset_config({"method": method, "dataset": "cifar100", key: default}).to_flat()[key] \
-        == default
-    # nothing else moves with the data set but the data set itself
-    assert {k for k in c100 if c100[k] != c10[k]} == {key, "dataset"}
+def markdown_table(header_start: str) -> list[dict[str, str]]:
+    """The rows of the docs table whose header row starts with `header_start`, as dicts keyed by
+    the header's cells."""
+    lines = DOC.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    header = cells(lines[start])
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, cells(line))))
+    return rows
 
 
-def test_only_those_methods_change_on_cifar100():
-    changed = {m for m in METHODS
-               if preset_config({"method": m, "dataset": "cifar100"}).params
-               != preset_config({"method": m, "dataset": "cifar10"}).params}
-    assert changed == set(CIFAR100)
-    for name, spec in METHODS.items():  # every dataset default is a valid value of a real field
+def parse_value(text: str):
+    """A table cell as a value: `a..b` (whole numbers, inclusive) as a tuple of floats, `a/b` as
+    a float, numbers, true/false, else the word."""
+    text = text.strip("`")
+    if m := re.fullmatch(r"(\d+)\.\.(\d+)", text):
+        return tuple(float(v) for v in range(int(m[1]), int(m[2]) + 1))
+    if m := re.fullmatch(r"(\d+)/(\d+)", text):
+        return int(m[1]) / int(m[2])
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def same(registry, table) -> bool:
+    if isinstance(table, float) and not isinstance(registry, bool):
+        return isinstance(registry, (int, float)) and math.isclose(registry, table, rel_tol=1e-12)
+    return registry == table
+
+
+def defaults_table() -> list[tuple[str, str, dict[str, object]]]:
+    """(method, key, {data set: value}) for every method and key of the table."""
+    out = []
+    for row in markdown_table("| method | key |"):
+        for method in re.findall(r"`([a-z_]+)`", row["method"]):
+            key = row["key"].strip("`")
+            out.append((method, key, {d: parse_value(row[c]) for c, d in COLUMNS.items()}))
+    return out
+
+
+TABLE = defaults_table()
+CHANGED = {(m, k): v for m, k, v in TABLE if v["cifar10"] != v["cifar100"]}
+
+
+def params(method: str, dataset: str):
+    return preset_config({"method": method, "dataset": dataset}).params
+
+
+def test_the_table_covers_every_method_and_cites_a_source():
+    assert {m for m, _, _ in TABLE} == set(METHODS)
+    for row in markdown_table("| method | key |"):
+        assert row["source (repository, file:line)"], row
+
+
+@pytest.mark.parametrize("method,key,values", TABLE, ids=[f"{m}.{k}" for m, k, _ in TABLE])
+def test_the_registry_holds_the_tables_value_on_every_data_set(method, key, values):
+    if key == "-":  # a method without hyperparameters
+        assert not dataclasses.fields(METHODS[method].params)
+        return
+    for dataset, value in values.items():
+        got = getattr(params(method, dataset), key)
+        assert same(got, value), f"{method}.{key} on {dataset}: registry {got!r}, table {value!r}"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_nothing_changes_with_the_data_set_unless_the_table_says_so(method):
+    documented = {k for m, k, _ in TABLE if m == method}
+    base = params(method, "cifar10")
+    for dataset in ("cifar100", "embedded"):
+        other = params(method, dataset)
+        moved = {f.name for f in dataclasses.fields(base)
+                 if getattr(base, f.name) != getattr(other, f.name)}
+        assert moved <= documented, f"{method} on {dataset}: {sorted(moved - documented)} " \
+                                    "change without a row in docs/baselines.md"
+
+
+@pytest.mark.parametrize("method,key", sorted(CHANGED), ids=[f"{m}.{k}" for m, k in CHANGED])
+def test_the_users_value_wins_over_the_data_sets_default(method, key):
+    c10 = CHANGED[(method, key)]["cifar10"]
+    user = preset_config({"method": method, "dataset": "cifar100", key: c10}).params
+    assert same(getattr(user, key), c10)
+
+
+def test_every_dataset_default_is_a_valid_value_of_a_real_field():
+    from smaraad.config import DATASETS
+
+    for name, spec in METHODS.items():
         for dataset, values in spec.dataset_defaults.items():
-            assert dataset in ("embedded", "cifar10", "cifar100")
+            assert dataset in DATASETS
             assert set(values) <= method_keys(name)
             spec.make_params(values)
+
+
+def test_las_at_action_spaces_are_the_tables():
+    from smaraad.methods.las_at import ACTION_SPACES
+
+    rows = markdown_table("| action space |")
+    assert {r["action space"].strip("`") for r in rows} == set(ACTION_SPACES)
+    for r in rows:
+        p = METHODS["las_at"].make_params({"action_space": r["action space"].strip("`")})
+        assert p.choices() == tuple(parse_value(r[c]) for c in
+                                    ("eps (1/255)", "steps", "step size (1/255)"))
+    # a list set by the user replaces that list only
+    p = METHODS["las_at"].make_params({"action_space": "argparse_cifar100", "steps_choices": [2]})
+    assert p.choices()[1] == (2.0,) and p.choices()[0] == parse_value(rows[3]["eps (1/255)"])
 
 
 def test_train_command_applies_the_default_and_keeps_set():

@@ -35,11 +35,12 @@ METHODS: dict[str, MethodSpec] = {
     "pgd_at": MethodSpec(PGDATParams, pgd_at_loss, needs_teacher=False,
                          doc="PGD-AT (Madry et al., 2018); trains teachers"),
     # Baselines (docs/baselines.md): each a reference repository's recipe, quirks as switches.
+    # dataset_defaults: what the reference scripts change on CIFAR-100 (docs/baselines.md, "Defaults
+    # that follow the data set": the table tests/test_dataset_defaults.py checks this against).
     "trades": MethodSpec(TRADESParams, trades_loss, needs_teacher=False,
                          doc="TRADES (Zhang et al., 2019)"),
     "ard": MethodSpec(ARDParams, ard_loss, doc="ARD (Goldblum et al., 2020)"),
     "iad": MethodSpec(IADParams, iad_loss, doc="IAD-I (Zhu et al., 2022)"),
-    # dataset_defaults: what each reference script changes on CIFAR-100 (docs/baselines.md).
     "rslad": MethodSpec(RSLADParams, rslad_loss, dataset_defaults={"cifar100": {"scale": 10.0}},
                         doc="RSLAD (Zi et al., 2021)"),
     "adaad": MethodSpec(AdaADParams, adaad_loss,
@@ -50,11 +51,16 @@ METHODS: dict[str, MethodSpec] = {
                         doc="MTARD (Zhao et al., 2022): adversarial + natural teacher"),
     "natural": MethodSpec(NaturalParams, natural_loss, needs_teacher=False,
                           doc="natural training (CE on clean inputs); MTARD's natural teacher"),
-    "igdm": MethodSpec(IGDMParams, igdm_loss, doc="IGDM on AdaAD (Lee et al., ICLR 2025)"),
+    "igdm": MethodSpec(IGDMParams, igdm_loss, dataset_defaults={"cifar100": {"igdm_alpha": 10.0}},
+                       doc="IGDM on AdaAD (Lee et al., ICLR 2025)"),
     # Methods that train a network besides the student (MethodSpec.aux)
     "peeraid": MethodSpec(PeerAiDParams, peeraid_loss, needs_teacher=False, aux=make_peer,
-                          doc="PeerAiD (Jo et al., CVPR 2024): a peer trained alongside"),
+                          dataset_defaults={"cifar100": {"gamma2": 1.0}},
+                          doc="PeerAiD (Jung et al., CVPR 2024): a peer trained alongside"),
     "las_at": MethodSpec(LASATParams, las_at_loss, needs_teacher=False, aux=make_strategy,
+                         dataset_defaults={"cifar100": {
+                             "factor": 0.6, "policy_momentum": 0.9, "policy_weight_decay": 5e-4,
+                             "action_space": "readme_cifar100"}},
                          doc="LAS-AT (Jia et al., CVPR 2022): a learned attack strategy"),
 }
 

@@ -1,10 +1,13 @@
 """LAS-AT: "Adversarial Training with Learnable Attack Strategy" (Jia et al., CVPR 2022). No teacher.
 
-Reference: github.com/jiaxiaojunQAQ/LAS-AT, LAS_PGD_AT/LAS_AT_train_cifar10.py (`select_action`,
-`Attack_policy_batch`, `Get_reward`, `train`) and LAS_PGD_AT/StrategyNet.py. A strategy network
-looks at each clean image and chooses its attack: eps from 3..14/255, steps from 3..13, step size
-from 1..4/255 (its own budgets, as TRADES's attack is TRADES's; evaluation keeps the run's threat
-model). Per training step:
+Reference: github.com/jiaxiaojunQAQ/LAS-AT, LAS_PGD_AT/LAS_AT_train_cifar10.py and
+LAS_AT_train_cifar100.py (`select_action`, `Attack_policy_batch`, `Get_reward`, `train`) and
+LAS_PGD_AT/StrategyNet.py. A strategy network looks at each clean image and chooses its attack:
+eps, steps and step size from the lists of `action_space` (its own budgets, as TRADES's attack is
+TRADES's; evaluation keeps the run's threat model). The default lists are the authors' README
+training commands (README.md lines 12 and 14: eps 3..15/255, step 1..5/255, steps 3..14 on
+CIFAR-10, 3..12 on CIFAR-100), which the authors ran; the scripts' argparse defaults (eps 3..14,
+step 1..4, steps 3..13 / 3..11) are the `argparse_*` spaces. Per training step:
 - Every `interval` (20) steps, first the policy update (REINFORCE): the strategy network, in
   train mode, samples an action per image from its categorical heads; the student (eval mode)
   is attacked with those settings; the reward, one number for the batch, is
@@ -13,14 +16,16 @@ model). Per training step:
   where S' is a copy of the student trained one SGD step (the student's current lr, momentum and
   weight decay, fresh momentum) on the label-smoothed CE of x', and x_pgd is PGD-10 (8/255,
   2/255, 2 restarts) on S', attacked in train mode as in the reference, then S' in eval mode.
-  Policy loss: -R * sum over heads of mean log pi(action); SGD (no momentum) at 1e-4, gradient
-  norm clipped to 1. The reference steps its policy scheduler per policy update with milestones
-  counted in target steps, which are never reached: its policy lr is constant (`policy_lr_at`
-  empty).
+  Policy loss: -R * sum over heads of mean log pi(action); SGD at 1e-4 (CIFAR-10 script: no
+  momentum, `SGD_without_momentum`; CIFAR-100 script: momentum 0.9, weight decay 5e-4,
+  `SGD_with_momentum`), gradient norm clipped to 1. The reference steps its policy scheduler per
+  policy update with milestones counted in target steps, which are never reached: its policy lr
+  is constant (`policy_lr_at` empty).
 - Then the student step: the strategy network in eval mode samples the actions (sampled, not the
   most likely), the student is attacked with them in eval mode (start uniform in the 8/255 ball,
   whatever eps was chosen; per image its own step count, step and eps ball; CE), and trained on
-  the label-smoothed CE of x' (`factor` 0.7 on the true class, 0.3 shared by the others).
+  the label-smoothed CE of x' (`factor` on the true class: 0.7 in the CIFAR-10 script, 0.6 in
+  the CIFAR-100 one; the rest shared by the other classes).
 The reference's fourth head (attack type) has one option (I-FGSM), so its log-probability is 0:
 omitted. The strategy network is the student's architecture with one linear layer for the three
 heads (three linear heads on the same features); the reference's is a ResNet-18, the same for the
@@ -48,21 +53,37 @@ from smaraad.models import MODELS, build_model
 
 STRATEGY = "strategy"
 
+# The strategy's lists, (eps in 1/255, steps, step size in 1/255), inclusive ranges:
+ACTION_SPACES = {
+    # README.md:12 and :14, the training commands the authors give for LAS-PGD-AT
+    "readme_cifar10": (range(3, 16), range(3, 15), range(1, 6)),
+    "readme_cifar100": (range(3, 16), range(3, 13), range(1, 6)),
+    # LAS_PGD_AT/LAS_AT_train_cifar10.py:39-41 and _cifar100.py:39-41, the argparse defaults
+    "argparse_cifar10": (range(3, 15), range(3, 14), range(1, 5)),
+    "argparse_cifar100": (range(3, 15), range(3, 12), range(1, 5)),
+}
+
 
 @dataclass(frozen=True)
 class LASATParams:
-    eps_choices_255: tuple = field(default=tuple(map(float, range(3, 15))), metadata=dict(
-        doc="the eps a strategy may choose, 1/255 units (reference `--epsilon_types` 3..14)"))
-    steps_choices: tuple = field(default=tuple(map(float, range(3, 14))), metadata=dict(
-        doc="the attack steps it may choose (reference `--attack_iters_types` 3..13)"))
-    step_choices_255: tuple = field(default=tuple(map(float, range(1, 5))), metadata=dict(
-        doc="the step sizes it may choose, 1/255 units (reference `--step_size_types` 1..4)"))
+    action_space: str = choice("readme_cifar10", tuple(ACTION_SPACES), "the eps, steps and step "
+                               "size lists a strategy chooses from: the README's training "
+                               "command or the script's argparse defaults, per data set")
+    eps_choices_255: tuple = field(default=(), metadata=dict(
+        doc="the eps a strategy may choose, 1/255 units; empty = the action space's"))
+    steps_choices: tuple = field(default=(), metadata=dict(
+        doc="the attack steps it may choose; empty = the action space's"))
+    step_choices_255: tuple = field(default=(), metadata=dict(
+        doc="the step sizes it may choose, 1/255 units; empty = the action space's"))
     start_eps_255: float = num(8.0, 0, 255, doc="radius of the uniform start (reference: 8/255)")
     factor: float = num(0.7, 0, 1, doc="label smoothing: target probability of the true class "
-                                       "(reference `--factor` 0.7)")
+                                       "(`--factor`: 0.7 CIFAR-10 script, 0.6 CIFAR-100)")
     interval: int = num(20, 1, None, doc="student steps per policy update (`--interval_num`)")
-    policy_lr: float = num(1e-4, 0, None, lo_open=True, doc="policy SGD lr, no momentum "
-                                                            "(`--policy_model_lr`)")
+    policy_lr: float = num(1e-4, 0, None, lo_open=True, doc="policy SGD lr (`--policy_model_lr`)")
+    policy_momentum: float = num(0.0, 0, 1, hi_open=True, doc="policy SGD momentum (CIFAR-10 "
+                                 "script: 0, `SGD_without_momentum`; CIFAR-100 script: 0.9)")
+    policy_weight_decay: float = num(0.0, 0, None, doc="policy SGD weight decay (CIFAR-10 "
+                                     "script: 0; CIFAR-100 script: 5e-4)")
     policy_lr_at: tuple = field(default=(), metadata=dict(
         doc="fractions of the run where the policy lr is divided by 10 (reference: in effect "
             "never)"))
@@ -81,17 +102,21 @@ class LASATParams:
     strategy_arch: str = choice("student", lambda: ("student", *MODELS),
                                 "strategy network; student = the run's (reference: ResNet-18)")
 
+    def choices(self) -> tuple[tuple, tuple, tuple]:
+        """(eps in 1/255, steps, step size in 1/255): each list set here, else the action
+        space's."""
+        space = ACTION_SPACES[self.action_space]
+        return tuple(own or tuple(map(float, default)) for own, default in
+                     zip((self.eps_choices_255, self.steps_choices, self.step_choices_255), space))
+
     def __post_init__(self):
-        if not (self.eps_choices_255 and self.steps_choices and self.step_choices_255):
-            raise ConfigError("las_at: eps_choices_255, steps_choices and step_choices_255 must "
-                              "each hold at least one value")
-        if any(s != int(s) or s < 0 for s in self.steps_choices):
+        if any(s != int(s) or s < 0 for s in self.choices()[1]):
             raise ConfigError(f"steps_choices: {list(self.steps_choices)}; allowed: whole numbers "
                               ">= 0")
 
 
 def heads(p: LASATParams) -> tuple[int, int, int]:
-    return len(p.eps_choices_255), len(p.steps_choices), len(p.step_choices_255)
+    return tuple(len(c) for c in p.choices())
 
 
 def make_strategy(cfg, data) -> dict[str, AuxNet]:
@@ -99,7 +124,8 @@ def make_strategy(cfg, data) -> dict[str, AuxNet]:
     arch = cfg.student if p.strategy_arch == "student" else p.strategy_arch
     net = build_model(arch, num_classes=sum(heads(p)), mean=data.mean, std=data.std,
                       center=data.center)
-    opt = torch.optim.SGD(net.parameters(), lr=p.policy_lr)
+    opt = torch.optim.SGD(net.parameters(), lr=p.policy_lr, momentum=p.policy_momentum,
+                          weight_decay=p.policy_weight_decay)
     points = epoch_points(p.policy_lr_at, cfg.epochs)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, points) if points else None  # constant
     return {STRATEGY: AuxNet(net, opt, sched, trainer_steps=False)}
@@ -117,7 +143,7 @@ def budgets(p: LASATParams, actions: list[Tensor], dtype=torch.float32
     """Per-image eps and step ([0, 1] units, (B, 1, 1, 1), `dtype`) and step count (B,)."""
     dev = actions[0].device
     eps, steps, step = (torch.tensor(v, device=dev, dtype=dtype)[a] for v, a in
-                        zip((p.eps_choices_255, p.steps_choices, p.step_choices_255), actions))
+                        zip(p.choices(), actions))
     return (eps / 255).view(-1, 1, 1, 1), (step / 255).view(-1, 1, 1, 1), steps.long()
 
 

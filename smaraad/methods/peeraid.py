@@ -1,7 +1,9 @@
-"""PeerAiD: "Improving Adversarial Distillation from a Specialized Peer Tutor" (Jo et al., CVPR 2024).
+"""PeerAiD: "Improving Adversarial Distillation from a Specialized Peer Tutor" (Jung et al., CVPR
+2024).
 
 Reference: github.com/jaewonalive/PeerAiD, main.py (`train_kd`), attack_function.py
-(`LinfPeerAttack`), training_scripts/resnet18_cifar10.sh and configs/PeerAiD_*.json. No pretrained
+(`LinfPeerAttack`), training_scripts/{resnet18,wideresnet34x10}_cifar{10,100}.sh and
+configs/PeerAiD_*.json. No pretrained
 teacher: a peer network P is trained alongside the student S, on the student's adversarial
 examples, and the student distils from it. Per step (one backward of the sum, then both steps):
 - Attack, on the STUDENT: maximise KL(S(x'), P(x)) summed over the batch, the target being the
@@ -9,7 +11,8 @@ examples, and the student distils from it. Per step (one backward of the sum, th
   eval mode; the run's eps, step and steps (the reference's 8/255, 2/255, 10).
 - Peer loss: gamma1 CE(P(x'), y) + gamma2 tau_p^2 KL(P(x')/tau_p, S(x')/tau_p), i.e. the
   peer's log-softmax against the student's softmax (`nn.KLDivLoss()`: mean over all B x C
-  elements, "mean"); gamma1 = 1, gamma2 = 0.1, tau_p = 1 (`--re_kd_temperature`). The student's
+  elements, "mean"); gamma1 = 1, tau_p = 1 (`--re_kd_temperature`), gamma2 = 0.1 on CIFAR-10
+  and 1 on CIFAR-100 (the scripts' `--gamma2`). The student's
   S(x') inside it is NOT detached in the reference, so this term moves the student too
   (`detach_student`); it is its own student forward (a second BN-statistics update on x').
 - Student loss: lamb1 CE(S(x'), y) + lamb2 tau^2 KL(S(x')/tau, P(x')/tau) + lamb3 tau^2
@@ -51,7 +54,7 @@ class PeerAiDParams:
     lamb3: float = num(1.0, 0, None, doc="weight of tau^2 KL(S(x'), S(x)) (script: 1)")
     gamma1: float = num(1.0, 0, None, doc="weight of the peer's CE(P(x'), y) (script: 1)")
     gamma2: float = num(0.1, 0, None, doc="weight of the peer's tau_p^2 KL(P(x'), S(x')) "
-                                          "(script: 0.1)")
+                                          "(scripts: 0.1 CIFAR-10, 1 CIFAR-100)")
     peer_temperature: float = num(1.0, 0, None, lo_open=True,
                                   doc="the peer's KL temperature tau_p (`--re_kd_temperature` 1)")
     peer_arch: str = choice("student", lambda: ("student", *MODELS),
