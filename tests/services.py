@@ -148,15 +148,69 @@ class RayCluster:
         self._start(name, cpus, ["--address", self.address])
         self.node_ids = self._wait_for_nodes()
 
+    def freeze(self, name: str) -> list[int]:
+        """SIGSTOP every process of a node; return their ids. The node's own process group goes
+        first (its raylet can then start no worker), then the workers the raylet started: Ray
+        gives each worker a process group of its own, so a signal to the node's group misses them
+        and a trial on a "lost" node would go on training (and could finish there)."""
+        node = self.procs[name]
+        try:
+            os.killpg(node.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return []  # the node ended by itself (a failed start)
+        frozen: list[int] = []
+        while new := [p for p in process_tree(node.pid) if p not in frozen]:
+            for pid in new:
+                _signal(pid, signal.SIGSTOP)
+            frozen += new
+        return frozen
+
     def kill(self, name: str) -> None:
         """SIGKILL a node and every process on it (raylet, its trial workers): lost as a machine
         that loses power, with no chance to say goodbye."""
+        frozen = self.freeze(name)
+        for pid in frozen:
+            _signal(pid, signal.SIGKILL)
         stop_group(self.procs.pop(name), signal.SIGKILL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while any(_alive(pid) for pid in frozen) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a killed process runs no more code, but is not gone at once
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
-            stop_group(self.procs.pop(name), signal.SIGKILL)
+            self.kill(name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every process descended from it, read from /proc (Linux)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += parents.get(tree[-1], [])
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    """Neither ended nor a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def postgres_bin() -> Path | None:

@@ -25,7 +25,9 @@ from mlflow.tracking import MlflowClient
 from services import CLUSTER_SPACE, SMALL_RUN, stop_group
 
 pytestmark = pytest.mark.slow
-EPOCHS = 6  # the kill must land between a trial's 2nd and last epoch: ~1 s each on an idle CPU
+# The kill must land between a trial's 2nd epoch and its end: ~1 s each on an idle CPU, and the
+# poll that finds that trial takes a fraction of one (the node is frozen before it is checked).
+EPOCHS = 6
 RUN_TIMEOUT_S = 400
 POLL_S = 0.25
 
@@ -136,6 +138,9 @@ def test_both_nodes_log_to_postgres_and_a_lost_node_loses_no_epoch(
 
     try:
         victim = wait_for(victim_mid_trial, proc, "a trial on the worker node logged its 2nd epoch")
+        ray_cluster.freeze("worker0")  # from here on the victim writes nothing
+        assert "smaraad.completed" not in c.get_run(victim.info.run_id).data.tags, (
+            f"the victim ran all {EPOCHS} epochs before its node was frozen: raise EPOCHS")
         ray_cluster.kill("worker0")  # its checkpoint of epoch 1 at least is in the shared storage
         finish(proc)
     finally:
