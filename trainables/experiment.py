@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from smaraad.cli import UsageError
 from smaraad.io import save_json
 
 from trainables.tracking import Tracking, close_trial_run
-from trainables.trial import COMPLETED, TrialSetup, fmt, run_trial
+from trainables.trial import COMPLETED, NODE_ID, TrialSetup, fmt, run_trial
 
 
 
@@ -178,10 +179,14 @@ class MlflowStatus(tune.Callback):
 class Progress(tune.Callback):
     """One line per trial-epoch on the driver (Tune's own table is off: verbose=0), e.g.
     `trial 3b79d60f  epoch 3/8  val/pgd_acc 0.420  gamma=28.65 alpha=0.7152`, and one when a trial
-    ends, so a sweep that runs for minutes (or days on a cluster) shows where it is."""
+    ends, so a sweep that runs for minutes (or days on a cluster) shows where it is. A failure is
+    one line too, with its retry if one is left, e.g. `trial 3b79d60f  failed on node 5f1c09ab
+    10.0.0.7 after epoch 3 (its node or its worker process was lost): retry 1 of 1 from epoch 3's
+    checkpoint, 0 left; Ray's traceback: <experiment>/trial_errors.log`."""
 
-    def __init__(self, metric: str, keys: list[str], epochs: int):
+    def __init__(self, metric: str, keys: list[str], epochs: int, errors_log: str):
         self.metric, self.keys, self.epochs = metric, keys, epochs
+        self.errors_log = errors_log
 
     def _point(self, trial) -> str:
         return " ".join(f"{k}={fmt(trial.config.get(k))}" for k in self.keys
@@ -197,8 +202,43 @@ class Progress(tune.Callback):
                   f"{self.metric} {fmt(result.get(self.metric))}  {self._point(trial)}",
                   flush=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        n, most = trial.run_metadata.num_failures, trial.max_failures
+        saved = trial.latest_checkpoint_result
+        start = (f"from epoch {saved.metrics['epoch']}'s checkpoint"
+                 if saved and saved.metrics.get("epoch") else "from the start (no checkpoint)")
+        print(f"{self._failure(trial, 'failed')}: retry {n} of {most} {start}, {most - n} left; "
+              f"Ray's traceback: {self.errors_log}", flush=True)
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"trial {trial.trial_id}  FAILED: {_error_text(trial)[:200]}", flush=True)
+        print(f"{self._failure(trial, 'FAILED')}, no retries left; "
+              f"Ray's traceback: {self.errors_log}", flush=True)
+
+    @staticmethod
+    def _failure(trial, word: str) -> str:
+        """`trial ID  failed on node N after epoch E (why)`: why in our words (the node or the
+        worker process lost, or the trial's own error), N the Ray node id's start and its IP."""
+        last, exc = trial.last_result or {}, _last_exception(trial)
+        ip = last.get("node_ip") or getattr(exc, "ip", None)  # before its first report: Ray's
+        node = " ".join(filter(None, [last.get(NODE_ID, "")[:8], ip]))
+        where = f" on node {node}" if node else ""
+        after = f" after epoch {last['epoch']}" if last.get("epoch") else ""
+        if isinstance(exc, ray.exceptions.RayActorError):
+            why = "its node or its worker process was lost"
+        else:
+            why = _error_text(trial)[:200]
+        return f"trial {trial.trial_id}  {word}{where}{after} ({why})"
+
+
+def _last_exception(trial) -> BaseException | None:
+    """The exception Tune pickled for the trial's latest failure (None if unreadable)."""
+    from ray import cloudpickle
+
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # no file yet, or an exception class this driver cannot import
+        return None
 
 
 def _error_text(trial) -> str:
@@ -266,13 +306,55 @@ def run_config(plan: Plan) -> tune.RunConfig:
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
                    MlflowStatus(plan.setup.tracking, experiment_path(plan)),
                    Progress(plan.space.metric, [*plan.space.search, *plan.space.grid, "seed"],
-                            plan.epochs)],
+                            plan.epochs, errors_log=errors_log(plan))],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         failure_config=tune.FailureConfig(max_failures=plan.retries))
 
 
 def experiment_path(plan: Plan) -> str:
     return str(Path(plan.storage_path) / plan.name)
+
+
+def errors_log(plan: Plan) -> str:
+    return str(Path(experiment_path(plan)) / ERRORS_LOG)
+
+
+ERRORS_LOG = "trial_errors.log"
+# Tune's record of a failed trial task: `ERROR tune_controller.py ... Trial task failed for trial
+# ...` and the exception's traceback (~20 lines of ActorUnavailableError for a lost node).
+TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
+TRIAL_TASK_FAILED = "Trial task failed"
+
+
+class _ToFile(logging.Filter):
+    """Takes Tune's failed-trial records off the terminal and writes them to a file."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.file = logging.FileHandler(path, delay=True)  # created on the first failure
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                 "%(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(TRIAL_TASK_FAILED):
+            self.file.handle(record)
+            return False
+        return True
+
+
+@contextmanager
+def trial_errors_to(path: str):
+    """While the experiment runs, Ray's traceback of a failed trial goes to `path` and the
+    terminal gets Progress's one line that names it (the filter leaves with the experiment, so a
+    second experiment in the same process does not write into the first one's file)."""
+    logger = logging.getLogger(TUNE_CONTROLLER)
+    divert = _ToFile(path)
+    logger.addFilter(divert)
+    try:
+        yield
+    finally:
+        logger.removeFilter(divert)
+        divert.file.close()
 
 
 def run(plan: Plan, *, resume: bool) -> list[dict]:
@@ -284,7 +366,9 @@ def run(plan: Plan, *, resume: bool) -> list[dict]:
     else:
         tuner = tune.Tuner(trainable(plan), param_space=param_space(plan),
                            tune_config=tune_config(plan), run_config=run_config(plan))
-    grid = tuner.fit()
+    Path(path).mkdir(parents=True, exist_ok=True)
+    with trial_errors_to(errors_log(plan)):
+        grid = tuner.fit()
     return [trial_row(r) for r in grid]
 
 
