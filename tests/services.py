@@ -98,7 +98,7 @@ class RayCluster:
             self.address = (self.root / "head" / "ray_current_cluster").read_text().strip()
             for i, cpus in enumerate(worker_cpus):
                 self._start(f"worker{i}", cpus, ["--address", self.address])
-            self.node_ids = self._wait_for_nodes()
+            self.node_ids = self.wait_for_nodes()
         except BaseException:
             self.stop()
             raise
@@ -123,9 +123,9 @@ class RayCluster:
                                    + (self.root / f"{name}.log").read_text()[-3000:])
             time.sleep(0.3)
 
-    def _wait_for_nodes(self) -> dict[str, str]:
-        """{node name: Ray node id}, once every node is alive in the cluster's node table (asked
-        by a driver of its own, as a user's script would)."""
+    def wait_for_nodes(self) -> dict[str, str]:
+        """{node name: Ray node id}, once the nodes alive in the cluster's node table are exactly
+        those started and not killed (asked by a driver of its own, as a user's script would)."""
         script = ("import json, ray, time\n"
                   f"ray.init(address={self.address!r}, log_to_driver=False)\n"
                   f"for _ in range({START_TIMEOUT_S}):\n"
@@ -140,13 +140,14 @@ class RayCluster:
         sockets = json.loads(out.stdout.strip().splitlines()[-1])
         ids = {name: node_id for node_id, sock in sockets.items() for name in self.procs
                if sock.startswith(str(self.root / name) + os.sep)}
-        if len(ids) != len(self.procs):
-            raise RuntimeError(f"nodes {sorted(ids)} alive of {sorted(self.procs)}")
+        if len(ids) != len(self.procs) or len(sockets) != len(self.procs):
+            raise RuntimeError(f"{len(sockets)} nodes alive ({sorted(ids)} of ours) after "
+                               f"{START_TIMEOUT_S} s; expected {sorted(self.procs)}")
         return ids
 
     def add_worker(self, name: str, cpus: int = 1) -> None:
         self._start(name, cpus, ["--address", self.address])
-        self.node_ids = self._wait_for_nodes()
+        self.node_ids = self.wait_for_nodes()
 
     def freeze(self, name: str) -> list[int]:
         """SIGSTOP every process of a node; return their ids. The node's own process group goes

@@ -7,7 +7,10 @@ a `Plan` and get back plain dicts. Pitfalls this file works around (Ray Tune 2.6
 - TPE models nothing before n_startup_trials finished trials: set it for small sweeps;
 - OptunaSearch refuses grid_search, so grids use the default search algorithm;
 - `Tuner.restore(..., restart_errored=True)` with OptunaSearch dies; `resume_errored=True` works;
-- `num_to_keep=2` plus a hard kill can point the state at a deleted checkpoint: keep 3.
+- `num_to_keep=2` plus a hard kill can point the state at a deleted checkpoint: keep 3;
+- a failed trial is logged with its traceback by Tune's controller logger, but a lost node is
+  printed by Ray's driver itself (ray._private.worker.print_to_stdstream): RayFailureLog takes
+  both to a file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +78,10 @@ class Plan:
 #   here" and the TensorBoard hint whatever `verbose` says; the classic one obeys verbose=0.
 # - TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: no TensorBoard event files (the project has no
 #   TensorBoard); the CSV and JSON loggers that Tune's results need are added by run_config.
-QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# - TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: no advice to keep fewer
+#   checkpoints when a loaded machine snapshots often (3 are kept on purpose, see above).
+QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # A new local instance enables token authentication (Ray's default, kept) and logs a warning
 # that it did so. RAY_AUTH_MODE=token would silence it too, but Ray reads its config when it is
 # imported, so setting it here is too late; the warning's own logger is quieted instead.
@@ -182,7 +189,7 @@ class Progress(tune.Callback):
     ends, so a sweep that runs for minutes (or days on a cluster) shows where it is. A failure is
     one line too, with its retry if one is left, e.g. `trial 3b79d60f  failed on node 5f1c09ab
     10.0.0.7 after epoch 3 (its node or its worker process was lost): retry 1 of 1 from epoch 3's
-    checkpoint, 0 left; Ray's traceback: <experiment>/trial_errors.log`."""
+    checkpoint, 0 left; Ray's traceback: <experiment>/ray_errors.log`."""
 
     def __init__(self, metric: str, keys: list[str], epochs: int, errors_log: str):
         self.metric, self.keys, self.epochs = metric, keys, epochs
@@ -319,18 +326,26 @@ def errors_log(plan: Plan) -> str:
     return str(Path(experiment_path(plan)) / ERRORS_LOG)
 
 
-ERRORS_LOG = "trial_errors.log"
+ERRORS_LOG = "ray_errors.log"
 # Tune's record of a failed trial task: `ERROR tune_controller.py ... Trial task failed for trial
 # ...` and the exception's traceback (~20 lines of ActorUnavailableError for a lost node).
 TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
 TRIAL_TASK_FAILED = "Trial task failed"
+# The GCS's message to every driver when a node stops answering, which Ray's driver prints itself
+# (ray._private.worker.print_to_stdstream, "(raylet) The node with node id: ... has been marked
+# dead because ..."), not through a logger.
+NODE_DEAD = re.compile(r"The node with node id: (\w+) and address: (\S+)")
 
 
-class _ToFile(logging.Filter):
-    """Takes Tune's failed-trial records off the terminal and writes them to a file."""
+class RayFailureLog(logging.Filter):
+    """Ray's own reports of a failure, off the driver's terminal and into the experiment's
+    ray_errors.log: Tune's failed-trial record with its traceback (Progress prints our line for
+    it) and the GCS's message that a node was marked dead (for which this prints our line:
+    `node 3b8b7f37 10.0.0.7 lost: Ray marked it dead; Ray's message: <file>`)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, print_ray=None):
         super().__init__()
+        self.path, self.print_ray = path, print_ray
         self.file = logging.FileHandler(path, delay=True)  # created on the first failure
         self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                  "%(message)s"))
@@ -341,19 +356,36 @@ class _ToFile(logging.Filter):
             return False
         return True
 
+    def print_to_stdstream(self, data: dict, ignore_prefix: bool) -> None:
+        """Stands in for Ray's printer of GCS messages: a node's death goes to the file."""
+        text = "\n".join(data.get("lines", []))
+        dead = NODE_DEAD.search(text)
+        if not dead:
+            return self.print_ray(data, ignore_prefix)
+        self.file.handle(logging.makeLogRecord({"name": "ray.gcs", "levelname": "WARNING",
+                                                "levelno": logging.WARNING, "msg": text}))
+        print(f"node {dead[1][:8]} {dead[2]} lost: Ray marked it dead; its trials continue on "
+              f"the other nodes where --retries allows; Ray's message: {self.path}", flush=True)
+
 
 @contextmanager
-def trial_errors_to(path: str):
-    """While the experiment runs, Ray's traceback of a failed trial goes to `path` and the
-    terminal gets Progress's one line that names it (the filter leaves with the experiment, so a
-    second experiment in the same process does not write into the first one's file)."""
+def ray_failures_to(path: str):
+    """While the experiment runs, Ray's reports of failures go to `path` (RayFailureLog). Both
+    hooks leave with the experiment, so a second experiment in the same process does not write
+    into the first one's file."""
+    import ray._private.worker as ray_worker  # private: where Ray moves it, its line stays
+
     logger = logging.getLogger(TUNE_CONTROLLER)
-    divert = _ToFile(path)
+    divert = RayFailureLog(path, getattr(ray_worker, "print_to_stdstream", None))
     logger.addFilter(divert)
+    if divert.print_ray:
+        ray_worker.print_to_stdstream = divert.print_to_stdstream
     try:
         yield
     finally:
         logger.removeFilter(divert)
+        if divert.print_ray:
+            ray_worker.print_to_stdstream = divert.print_ray
         divert.file.close()
 
 
@@ -367,7 +399,7 @@ def run(plan: Plan, *, resume: bool) -> list[dict]:
         tuner = tune.Tuner(trainable(plan), param_space=param_space(plan),
                            tune_config=tune_config(plan), run_config=run_config(plan))
     Path(path).mkdir(parents=True, exist_ok=True)
-    with trial_errors_to(errors_log(plan)):
+    with ray_failures_to(errors_log(plan)):
         grid = tuner.fit()
     return [trial_row(r) for r in grid]
 
