@@ -15,6 +15,22 @@ def isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def same_start():
+    """Every test starts from the same process state, whatever ran before it: the environment
+    (commands run in-process set variables for their process, e.g. MLflow's HTTP retries off once
+    a server answered), torch's thread count, and its global RNG, seeded (many tests draw inputs
+    from it)."""
+    import torch
+
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    torch.manual_seed(0)
+    yield
+    os.environ.clear()
+    os.environ.update(environ)
+    torch.set_num_threads(threads)
+
+
 def run_cli(main, argv, capsys):
     """Run a command's main through smaraad.cli.run; return (exit code, stdout, stderr)."""
     from smaraad.cli import run

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -42,12 +43,34 @@ SMALL_RUN = ("--set", "train_size=700", "--set", "val_size=200", "--attacks", "c
              "--eval-n", "32")
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct ports nobody listens on now (all held open together, then released)."""
-    socks = [socket.socket() for _ in range(n)]
+# Ports for the test servers come from below the kernel's ephemeral range: every outgoing
+# connection on the machine takes its local port from that range (as bind(0) does), so a port
+# found free there can be taken by some connection before the server binds it. Ray's worker ports
+# (10002-19999 by default) lie below this floor.
+PORT_FLOOR = 20000
+
+
+def ephemeral_start() -> int:
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports nobody listens on now on any interface (all held open together, then
+    released), drawn at random between PORT_FLOOR and the ephemeral range."""
+    rng, top = random.SystemRandom(), ephemeral_start()
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < n:
+            s = socket.socket()
+            try:
+                s.bind(("", rng.randrange(PORT_FLOOR, top)))
+            except OSError:  # in use (or just left by a closed connection)
+                s.close()
+                continue
+            socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
@@ -150,37 +173,47 @@ class RayCluster:
         self.node_ids = self.wait_for_nodes()
 
     def freeze(self, name: str) -> list[int]:
-        """SIGSTOP every process of a node; return their ids. The node's own process group goes
-        first (its raylet can then start no worker), then the workers the raylet started: Ray
-        gives each worker a process group of its own, so a signal to the node's group misses them
-        and a trial on a "lost" node would go on training (and could finish there)."""
-        node = self.procs[name]
-        try:
-            os.killpg(node.pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            return []  # the node ended by itself (a failed start)
-        frozen: list[int] = []
-        while new := [p for p in process_tree(node.pid) if p not in frozen]:
-            for pid in new:
-                _signal(pid, signal.SIGSTOP)
-            frozen += new
-        return frozen
+        """SIGSTOP every process of a node (freeze_tree)."""
+        return freeze_tree(self.procs[name])
 
     def kill(self, name: str) -> None:
         """SIGKILL a node and every process on it (raylet, its trial workers): lost as a machine
         that loses power, with no chance to say goodbye."""
-        frozen = self.freeze(name)
-        for pid in frozen:
-            _signal(pid, signal.SIGKILL)
-        stop_group(self.procs.pop(name), signal.SIGKILL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while any(_alive(pid) for pid in frozen) and time.monotonic() < deadline:
-            time.sleep(0.05)  # a killed process runs no more code, but is not gone at once
+        kill_tree(self.procs.pop(name))
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
             self.kill(name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def freeze_tree(proc: subprocess.Popen) -> list[int]:
+    """SIGSTOP a process started with start_new_session=True and every process descended from
+    it; return their ids. Its process group goes first (a raylet in it can then start no
+    worker), then the descendants: Ray gives each worker process a process group of its own, so
+    a signal to the group misses them, and a trial on a "lost" node (or of a killed driver's
+    local instance) would go on training, and could finish."""
+    try:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return []  # it ended by itself (a failed start)
+    frozen: list[int] = []
+    while new := [p for p in process_tree(proc.pid) if p not in frozen]:
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        frozen += new
+    return frozen
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL what freeze_tree froze, and wait until none of it runs."""
+    frozen = freeze_tree(proc)
+    for pid in frozen:
+        _signal(pid, signal.SIGKILL)
+    stop_group(proc, signal.SIGKILL)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while any(_alive(pid) for pid in frozen) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a killed process runs no more code, but is not gone at once
 
 
 def process_tree(pid: int) -> list[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
+from services import kill_tree
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,8 +200,7 @@ def test_killed_experiment_resumes_without_duplicates(workdir, capsys):
         else:
             pytest.fail("no trial finished in time")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)  # the driver, its local Ray instance and the trials' workers
 
     from orchestrator import ablate
     code, out, err = run_cli(ablate.main, [*common(workdir, name), "--resume", "--variants",

@@ -230,8 +230,11 @@ class Progress(tune.Callback):
         node = " ".join(filter(None, [last.get(NODE_ID, "")[:8], ip]))
         where = f" on node {node}" if node else ""
         after = f" after epoch {last['epoch']}" if last.get("epoch") else ""
+        cause = getattr(exc, "cause", None)  # what the trial raised (a RayTaskError's)
         if isinstance(exc, ray.exceptions.RayActorError):
             why = "its node or its worker process was lost"
+        elif isinstance(cause, Exception):
+            why = f"{type(cause).__name__}: {cause}"[:200]
         else:
             why = _error_text(trial)[:200]
         return f"trial {trial.trial_id}  {word}{where}{after} ({why})"
