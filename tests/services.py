@@ -172,6 +172,21 @@ class RayCluster:
         self._start(name, cpus, ["--address", self.address])
         self.node_ids = self.wait_for_nodes()
 
+    @contextmanager
+    def workers_paused(self, name: str):
+        """The node's worker processes (its trials) SIGSTOPped while the block runs, then
+        continued; its raylet, in the node's own process group, goes on answering Ray's health
+        checks. A test that looks at a trial's progress this way sees it standing still."""
+        node = self.procs[name]
+        workers = [p for p in process_tree(node.pid) if _group(p) not in (node.pid, None)]
+        for pid in workers:
+            _signal(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in workers:
+                _signal(pid, signal.SIGCONT)
+
     def freeze(self, name: str) -> list[int]:
         """SIGSTOP every process of a node (freeze_tree)."""
         return freeze_tree(self.procs[name])
@@ -238,6 +253,13 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
     except (OSError, IndexError):
         return False
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _signal(pid: int, sig: int) -> None:

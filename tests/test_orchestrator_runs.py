@@ -27,9 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    import ray
-    ray.shutdown()
+    return tmp_path
 
 
 def common(tmp: Path, name: str) -> list[str]:
