@@ -325,10 +325,6 @@ def experiment_path(plan: Plan) -> str:
     return str(Path(plan.storage_path) / plan.name)
 
 
-def errors_log(plan: Plan) -> str:
-    return str(Path(experiment_path(plan)) / ERRORS_LOG)
-
-
 ERRORS_LOG = "ray_errors.log"
 # Tune's record of a failed trial task: `ERROR tune_controller.py ... Trial task failed for trial
 # ...` and the exception's traceback (~20 lines of ActorUnavailableError for a lost node).
@@ -369,6 +365,10 @@ class RayFailureLog(logging.Filter):
                                                 "levelno": logging.WARNING, "msg": text}))
         print(f"node {dead[1][:8]} {dead[2]} lost: Ray marked it dead; its trials continue on "
               f"the other nodes where --retries allows; Ray's message: {self.path}", flush=True)
+
+
+def errors_log(plan: Plan) -> str:
+    return str(Path(experiment_path(plan)) / ERRORS_LOG)
 
 
 @contextmanager
