@@ -18,8 +18,14 @@ from orchestrator.tune import finish
 from smaraad.cli import UsageError, run
 
 
+EXIT_STATUS = ("exit status: 0 when every cell of the table (every variant x seed) finished; 1 "
+               "when any is missing (a trial failed, or the run was interrupted: --resume "
+               "continues it); 2 on a bad input")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = common_parser("python -m orchestrator.ablate", __doc__.split("\n\n")[0])
+    p.epilog = EXIT_STATUS
     p.add_argument("--space", default="ablation",
                    help=f"grid space name or YAML path; available: {', '.join(available())}")
     p.add_argument("--variants", help="comma-separated subset of the space's variants "
@@ -70,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary.by_variant(rows, key))
     if TEACHER_KEY in space.grid and key != TEACHER_KEY:
         print(summary.by_variant(rows, TEACHER_KEY))
-    return finish(args, rows, exp)
+    missing = summary.unfinished(rows)
+    return finish(args, rows, exp,
+                  incomplete=f"cells of the table are missing: {missing}" if missing else "")
 
 
 if __name__ == "__main__":

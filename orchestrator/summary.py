@@ -116,3 +116,15 @@ def by_variant(rows: list[dict], key: str = "method") -> str:
         for row, v in zip(body, done):
             row.append("; ".join(other[v]) or "-")
     return table(headers, body)
+
+
+def unfinished(rows: list[dict]) -> str:
+    """"2 of 8 trials did not finish (1 failed, 1 interrupted)", or "" when every one did."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["status"] != "done":
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+    if not counts:
+        return ""
+    detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"{sum(counts.values())} of {len(rows)} trials did not finish ({detail})"

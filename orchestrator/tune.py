@@ -20,8 +20,13 @@ from smaraad.cli import UsageError, run
 from smaraad.errors import UserError
 
 
+EXIT_STATUS = ("exit status: 0 when a trial finished; 1 when none did (each failed) or the run "
+               "was interrupted (--resume continues it); 2 on a bad input")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = common_parser("python -m orchestrator.tune", __doc__.split("\n\n")[0])
+    p.epilog = EXIT_STATUS
     p.add_argument("--space", default="gamma_alpha",
                    help=f"search space name or YAML path; available: {', '.join(available())}")
     p.add_argument("--num-samples", type=int, help="trials (default: the space's)")
@@ -69,12 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nbest: " + ", ".join(f"{k}={summary.fmt(top['config'][k])}" for k in keys))
             print("  " + ", ".join(f"{k} {summary.fmt(v)}" for k, v in top["metrics"].items()
                                    if k.startswith(("val/", "test/"))))
-    return finish(args, rows, exp)
+    none = not any(x["status"] == "done" for x in rows)
+    return finish(args, rows, exp,
+                  incomplete=f"no trial finished: {summary.unfinished(rows)}" if none else "")
 
 
-def finish(args, rows: list[dict], r) -> int:
+def finish(args, rows: list[dict], r, *, incomplete: str = "") -> int:
     """Shared ending: the analysis report, then failure count, resume hint, and last the URL of
-    the experiment's runs table in the MLflow UI."""
+    the experiment's runs table in the MLflow UI. Exit status 1 when the run was interrupted or
+    the command calls it `incomplete` (its reason, printed on stderr), else 0."""
     interrupted = sum(x["status"] == "interrupted" for x in rows)
     failed = sum(x["status"] == "failed" for x in rows)
     if not args.no_report and not interrupted:
@@ -89,13 +97,15 @@ def finish(args, rows: list[dict], r) -> int:
     if interrupted:
         print(f"interrupted: {interrupted} trial(s) unfinished; continue with the same command "
               f"and --resume --name {r.name}", file=sys.stderr)
+    if incomplete:
+        print(f"incomplete: {incomplete}; exit status 1", file=sys.stderr)
     from trainables.tracking import client
     exp = client(r.tracking_uri).get_experiment_by_name(r.name)
     print(f"\nRay: {r.storage_path}/{r.name}\nMLflow: {r.tracking_uri} (experiment {r.name})")
     if not r.tracking_uri.startswith(("http://", "https://")):
         print(f"  browse it: mlflow ui --backend-store-uri {r.tracking_uri}")
     print(f"runs: {summary.runs_url(r.tracking_uri, exp.experiment_id)}")
-    return 1 if interrupted else 0
+    return 1 if interrupted or incomplete else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -13,6 +14,26 @@ def isolated_cache(tmp_path_factory):
     workers inherit the variable because it is set before any ray.init."""
     os.environ["SMARAAD_CACHE"] = str(tmp_path_factory.mktemp("smaraad-cache"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def same_start():
+    """Every test starts from the same process state, whatever ran before it: the environment
+    (commands run in-process set variables for their process, e.g. MLflow's HTTP retries off once
+    a server answered), torch's thread count, its global RNG, seeded (many tests draw inputs from
+    it), and no Ray instance (a command run in-process starts one, and a later command would
+    join it, with its workers' environment of then)."""
+    import torch
+
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    torch.manual_seed(0)
+    yield
+    ray = sys.modules.get("ray")  # not imported here: most tests never load it
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    os.environ.clear()
+    os.environ.update(environ)
+    torch.set_num_threads(threads)
 
 
 def run_cli(main, argv, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -42,12 +43,34 @@ SMALL_RUN = ("--set", "train_size=700", "--set", "val_size=200", "--attacks", "c
              "--eval-n", "32")
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct ports nobody listens on now (all held open together, then released)."""
-    socks = [socket.socket() for _ in range(n)]
+# Ports for the test servers come from below the kernel's ephemeral range: every outgoing
+# connection on the machine takes its local port from that range (as bind(0) does), so a port
+# found free there can be taken by some connection before the server binds it. Ray's worker ports
+# (10002-19999 by default) lie below this floor.
+PORT_FLOOR = 20000
+
+
+def ephemeral_start() -> int:
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports nobody listens on now on any interface (all held open together, then
+    released), drawn at random between PORT_FLOOR and the ephemeral range."""
+    rng, top = random.SystemRandom(), ephemeral_start()
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < n:
+            s = socket.socket()
+            try:
+                s.bind(("", rng.randrange(PORT_FLOOR, top)))
+            except OSError:  # in use (or just left by a closed connection)
+                s.close()
+                continue
+            socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
@@ -98,7 +121,7 @@ class RayCluster:
             self.address = (self.root / "head" / "ray_current_cluster").read_text().strip()
             for i, cpus in enumerate(worker_cpus):
                 self._start(f"worker{i}", cpus, ["--address", self.address])
-            self.node_ids = self._wait_for_nodes()
+            self.node_ids = self.wait_for_nodes()
         except BaseException:
             self.stop()
             raise
@@ -123,9 +146,9 @@ class RayCluster:
                                    + (self.root / f"{name}.log").read_text()[-3000:])
             time.sleep(0.3)
 
-    def _wait_for_nodes(self) -> dict[str, str]:
-        """{node name: Ray node id}, once every node is alive in the cluster's node table (asked
-        by a driver of its own, as a user's script would)."""
+    def wait_for_nodes(self) -> dict[str, str]:
+        """{node name: Ray node id}, once the nodes alive in the cluster's node table are exactly
+        those started and not killed (asked by a driver of its own, as a user's script would)."""
         script = ("import json, ray, time\n"
                   f"ray.init(address={self.address!r}, log_to_driver=False)\n"
                   f"for _ in range({START_TIMEOUT_S}):\n"
@@ -140,23 +163,110 @@ class RayCluster:
         sockets = json.loads(out.stdout.strip().splitlines()[-1])
         ids = {name: node_id for node_id, sock in sockets.items() for name in self.procs
                if sock.startswith(str(self.root / name) + os.sep)}
-        if len(ids) != len(self.procs):
-            raise RuntimeError(f"nodes {sorted(ids)} alive of {sorted(self.procs)}")
+        if len(ids) != len(self.procs) or len(sockets) != len(self.procs):
+            raise RuntimeError(f"{len(sockets)} nodes alive ({sorted(ids)} of ours) after "
+                               f"{START_TIMEOUT_S} s; expected {sorted(self.procs)}")
         return ids
 
     def add_worker(self, name: str, cpus: int = 1) -> None:
         self._start(name, cpus, ["--address", self.address])
-        self.node_ids = self._wait_for_nodes()
+        self.node_ids = self.wait_for_nodes()
+
+    @contextmanager
+    def workers_paused(self, name: str):
+        """The node's worker processes (its trials) SIGSTOPped while the block runs, then
+        continued; its raylet, in the node's own process group, goes on answering Ray's health
+        checks. A test that looks at a trial's progress this way sees it standing still."""
+        node = self.procs[name]
+        workers = [p for p in process_tree(node.pid) if _group(p) not in (node.pid, None)]
+        for pid in workers:
+            _signal(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in workers:
+                _signal(pid, signal.SIGCONT)
+
+    def freeze(self, name: str) -> list[int]:
+        """SIGSTOP every process of a node (freeze_tree)."""
+        return freeze_tree(self.procs[name])
 
     def kill(self, name: str) -> None:
         """SIGKILL a node and every process on it (raylet, its trial workers): lost as a machine
         that loses power, with no chance to say goodbye."""
-        stop_group(self.procs.pop(name), signal.SIGKILL)
+        kill_tree(self.procs.pop(name))
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
-            stop_group(self.procs.pop(name), signal.SIGKILL)
+            self.kill(name)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def freeze_tree(proc: subprocess.Popen) -> list[int]:
+    """SIGSTOP a process started with start_new_session=True and every process descended from
+    it; return their ids. Its process group goes first (a raylet in it can then start no
+    worker), then the descendants: Ray gives each worker process a process group of its own, so
+    a signal to the group misses them, and a trial on a "lost" node (or of a killed driver's
+    local instance) would go on training, and could finish."""
+    try:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return []  # it ended by itself (a failed start)
+    frozen: list[int] = []
+    while new := [p for p in process_tree(proc.pid) if p not in frozen]:
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        frozen += new
+    return frozen
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL what freeze_tree froze, and wait until none of it runs."""
+    frozen = freeze_tree(proc)
+    for pid in frozen:
+        _signal(pid, signal.SIGKILL)
+    stop_group(proc, signal.SIGKILL)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while any(_alive(pid) for pid in frozen) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a killed process runs no more code, but is not gone at once
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every process descended from it, read from /proc (Linux)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += parents.get(tree[-1], [])
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    """Neither ended nor a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def postgres_bin() -> Path | None:

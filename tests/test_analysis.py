@@ -8,12 +8,13 @@ config.json and student.pt artifacts, the teacher as a parent artifact. No Ray, 
 from __future__ import annotations
 
 import math
-import socket
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from services import free_port
 from matplotlib.image import imread
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -123,11 +124,23 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ablation_report(store, tmp_path_factory):
-    torch.set_num_threads(1)  # a shared 2-core machine: the CAM figure's PGD stays on one core
     lines = []
     out = tmp_path_factory.mktemp("report")
-    paths = report_experiment("ablation-1", tracking_uri=store.uri, out=str(out), log=lines.append)
+    with one_thread():  # a shared 2-core machine: the CAM figure's PGD stays on one core
+        paths = report_experiment("ablation-1", tracking_uri=store.uri, out=str(out),
+                                  log=lines.append)
     return paths, "\n".join(lines)
+
+
+@contextmanager
+def one_thread():
+    """torch on one thread, then back to the caller's count (later tests must not inherit it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_load_runs_one_row_per_trial_with_full_config(store):
@@ -240,12 +253,6 @@ def test_student_vs_teacher_figure_when_teachers_differ(store, tmp_path):
     _readable_png(fig1[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("argv, says", [
     (["--experiment", "nope"], "known: ablation-1, gamma_alpha-1, pending-1, teachers-1"),
     (["--experiment", "pending-1"], "no finished trials yet"),
@@ -261,7 +268,7 @@ def test_bad_input_is_one_line_and_exit_2(store, tmp_path, capsys, argv, says):
 def test_unreachable_tracking_uris_exit_2_and_create_nothing(tmp_path, capsys):
     missing = tmp_path / "none" / "mlflow.db"
     for uri, says in ((f"sqlite:///{missing}", "no MLflow database"),
-                      (f"http://127.0.0.1:{_free_port()}", "no MLflow server answers")):
+                      (f"http://127.0.0.1:{free_port()}", "no MLflow server answers")):
         code, _, err = run_cli(main, ["--experiment", "x", "--tracking-uri", uri], capsys)
         assert code == 2 and err.count("\n") == 1 and says in err
     assert not missing.exists()

@@ -6,14 +6,15 @@ attack must drive it to ~0, while at 4/255 accuracy is intermediate and attacks 
 """
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smaraad.attacks import cw_inf, cw_loss, fgsm, pgd
+from smaraad import metrics
+from smaraad.attacks import cw_loss, fgsm, pgd
 from smaraad.autoattack import autoattack, check_version
 from smaraad.evaluation import accuracy
 from smaraad.models import build_model
@@ -82,16 +83,21 @@ class ConstantModel(nn.Module):
         return self.logits.expand(len(x), -1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
 
 
-ATTACKS = {
-    "fgsm": lambda m, x, y: fgsm(m, x, y, eps=EPS),
-    "pgd20": lambda m, x, y: pgd(m, x, y, eps=EPS, steps=20),
-    "pgd20x2": lambda m, x, y: pgd(m, x, y, eps=EPS, steps=20, restarts=2),
-    "cw": lambda m, x, y: cw_inf(m, x, y, eps=EPS, steps=20),
-    "aa": lambda m, x, y: autoattack(m, x, y, eps=EPS),
-}
+RESTARTS = "pgd20x2"  # PGD-20 with 2 restarts: the restarts path, which no registry entry takes
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+def attack(name: str):
+    """The registry's attack `name` at EPS, built as the evaluation suite builds it (or RESTARTS)."""
+    if name == RESTARTS:
+        return partial(pgd, eps=EPS, steps=20, restarts=2)
+    return metrics.REGISTRY[name].attack(metrics.AttackContext(eps=EPS))
+
+
+ATTACKS = [n for n in metrics.attack_names() if attack(n) is not None]  # `clean` attacks nothing
+CHEAP = [n for n in ATTACKS if not metrics.REGISTRY[n].costly]
+
+
+@pytest.mark.parametrize("name", [*ATTACKS, RESTARTS])
 def test_attack_stays_in_ball_and_range_and_restores_state(name):
     model = natural_model()
     images, y = held_out()
@@ -100,7 +106,7 @@ def test_attack_stays_in_ball_and_range_and_restores_state(name):
     model.body[0].eval()  # a mixed mode must come back submodule by submodule
     rng = torch.get_rng_state()
     try:
-        x_adv = ATTACKS[name](model, x, y[:32])
+        x_adv = attack(name)(model, x, y[:32])
         assert model.training and not model.body[0].training and model.body[1].training
     finally:
         model.eval()
@@ -116,17 +122,17 @@ def test_undefended_model_falls_to_pgd20_and_autoattack():
     model, data = natural_model(), held_out()
     assert accuracy(model, data, limit=32) > 0.9
     for name in ("pgd20", "aa"):
-        assert accuracy(model, data, attack=ATTACKS[name], limit=32) <= 0.1, name
+        assert accuracy(model, data, attack=attack(name), limit=32) <= 0.1, name
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd20", "pgd20x2", "cw"])
+@pytest.mark.parametrize("name", [*CHEAP, RESTARTS])
 def test_constant_model_keeps_its_accuracy(name):
     """AutoAttack on the constant model runs through evaluate_suite (test_evaluation.py)."""
     x, y = held_out()
     model = ConstantModel()
     clean = accuracy(model, (x[:64], y[:64]))
     assert 0 < clean < 1
-    assert accuracy(model, (x[:64], y[:64]), attack=ATTACKS[name]) == clean
+    assert accuracy(model, (x[:64], y[:64]), attack=attack(name)) == clean
 
 
 def test_pgd20_is_not_weaker_than_fgsm_nor_apgd_ce():
@@ -166,7 +172,7 @@ def test_cw_loss_has_a_gradient_at_correctly_classified_points():
     assert (model(xa).argmax(1) == y[:16]).all()
     (grad,) = torch.autograd.grad(cw_loss(model, y[:16])(xa), xa)
     assert (grad.flatten(1).abs().sum(1) > 0).all()
-    assert accuracy(model, (x, y), attack=ATTACKS["cw"], limit=32) <= 0.1
+    assert accuracy(model, (x, y), attack=attack("cw"), limit=32) <= 0.1
 
 
 @pytest.mark.parametrize("version, attacks", [("fast", None), ("custom", None),

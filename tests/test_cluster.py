@@ -13,6 +13,8 @@ epoch, so no trial is stopped early and every trial must run all its epochs.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +27,9 @@ from mlflow.tracking import MlflowClient
 from services import CLUSTER_SPACE, SMALL_RUN, stop_group
 
 pytestmark = pytest.mark.slow
-EPOCHS = 6  # the kill must land between a trial's 2nd and last epoch: ~1 s each on an idle CPU
+# The kill must land between a trial's 2nd epoch and its end (~1 s each on an idle CPU): the
+# trial runs only between two looks at it, POLL_S apart, a fraction of an epoch however slow.
+EPOCHS = 6
 RUN_TIMEOUT_S = 400
 POLL_S = 0.25
 
@@ -128,20 +132,51 @@ def test_both_nodes_log_to_postgres_and_a_lost_node_loses_no_epoch(
     seen_nodes: set[str] = set()
 
     def victim_mid_trial():
-        runs = trial_runs(c, name)
-        seen_nodes.update(r.data.tags.get("smaraad.node_id") for r in runs)
-        return next((r for r in runs if r.data.tags.get("smaraad.node_id") == worker
-                     and "smaraad.completed" not in r.data.tags
-                     and 2 <= len(epochs_logged(c, r)) < EPOCHS), None)
+        """Looked for with the worker node's trials paused, so none can pass the window while
+        the database is read; once found, the node stays frozen."""
+        with ray_cluster.workers_paused("worker0"):
+            runs = trial_runs(c, name)
+            seen_nodes.update(r.data.tags.get("smaraad.node_id") for r in runs)
+            victim = next((r for r in runs if r.data.tags.get("smaraad.node_id") == worker
+                           and "smaraad.completed" not in r.data.tags
+                           and 2 <= len(epochs_logged(c, r)) < EPOCHS), None)
+            if victim:
+                ray_cluster.freeze("worker0")  # from here on the victim writes nothing
+        return victim
 
     try:
         victim = wait_for(victim_mid_trial, proc, "a trial on the worker node logged its 2nd epoch")
-        ray_cluster.kill("worker0")  # its checkpoint of epoch 1 at least is in the shared storage
-        finish(proc)
+        # the driver hears of the loss once Ray has marked the node dead, so that Ray's message
+        # reaches it before the run can end
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            ray_cluster.kill("worker0")  # its checkpoint of epoch 1 at least is in the storage
+            ray_cluster.wait_for_nodes()
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        out = finish(proc)
     finally:
         if proc.poll() is None:
             stop_group(proc, signal.SIGKILL)
     assert seen_nodes - {None} == {head, worker}  # both nodes ran a trial at the same time
+
+    # one line each, in our words, for the lost node and the retry; Ray's words in the log file
+    log = shared_storage / "ray" / name / "ray_errors.log"
+    for ray_words in ("Traceback", "Trial task failed", "ActorUnavailableError", "(raylet)",
+                      "marked dead because"):
+        assert ray_words not in out, (ray_words, out[-4000:])
+    lost = [ln for ln in out.splitlines() if ln.startswith("node ")]
+    assert len(lost) == 1 and lost[0].startswith(f"node {worker[:8]} ") and " lost: " in lost[0]
+    assert lost[0].endswith(f"Ray's message: {log}")
+    trial_id = victim.data.tags["smaraad.trial_id"]
+    retried = [ln for ln in out.splitlines() if ln.startswith(f"trial {trial_id}  failed")]
+    assert len(retried) == 1, out[-4000:]
+    assert re.fullmatch(rf"trial {trial_id}  failed on node {worker[:8]} \S+ after epoch \d "
+                        r"\(its node or its worker process was lost\): retry 1 of 1 from epoch "
+                        rf"\d's checkpoint, 0 left; Ray's traceback: {re.escape(str(log))}",
+                        retried[0]), retried[0]
+    written = log.read_text()
+    assert "Trial task failed" in written and "Traceback" in written and worker in written
 
     runs = trial_runs(c, name)
     trial_ids = sorted(r.data.tags["smaraad.trial_id"] for r in runs)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import urllib.request
 import pytest
 import torch
 from services import get, mlflow_server
-from test_analysis import store  # noqa: F401  (the module-scoped store fixture)
+from test_analysis import one_thread, store  # noqa: F401  (store: the module-scoped fixture)
 
 from analysis import load_runs
 from analysis.report import report_experiment
@@ -32,12 +31,6 @@ from orchestrator.summary import runs_url
 START_TIMEOUT_S = 60
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it where apt works)
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(base: str, endpoint: str, **query) -> bytes:
@@ -56,20 +49,17 @@ def _search(base: str, experiment_id: str, filter_string: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def server(store):  # noqa: F811
     """`mlflow server` on the store, the low-memory way (one worker, no job runner)."""
-    try:
-        with mlflow_server(store.uri) as base:
-            yield base
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    with mlflow_server(store.uri) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def reported(store, tmp_path_factory):  # noqa: F811
     """The ablation's report, written once and logged under the parent's report/ artifacts."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("report")
-    return out, report_experiment("ablation-1", tracking_uri=store.uri, out=str(out),
-                                  log=lambda s: None)
+    with one_thread():
+        return out, report_experiment("ablation-1", tracking_uri=store.uri, out=str(out),
+                                      log=lambda s: None)
 
 
 def test_runs_and_report_artifacts_through_the_rest_api(store, server, reported):  # noqa: F811

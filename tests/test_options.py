@@ -3,6 +3,10 @@ refused (one line, exit 2, nothing written), same mapping to config values."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from conftest import run_cli
 
@@ -52,3 +56,13 @@ def test_both_parsers_accept_the_same_values_and_map_them_alike():
                         "teacher_arch": "wrn34_10", "data_root": "/data", "gamma": 100}
     cfg, opts = train.options_from_args(train.parser().parse_args(["--download"]))
     assert opts.download and cfg.dataset == "embedded" and cfg.method == "smaraad_pp"
+
+
+@pytest.mark.parametrize("module, when", [
+    ("orchestrator.ablate", "1 when any is missing"), ("orchestrator.tune", "1 when none did")])
+def test_help_states_the_exit_status(module, when):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())  # argparse wraps the epilog
+    assert "exit status: 0 when" in text and when in text and "2 on a bad input" in text

@@ -7,7 +7,7 @@ whole module stays around a few minutes on 2 cores.
 from __future__ import annotations
 
 import os
-import signal
+import re
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
+from services import kill_tree
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    import ray
-    ray.shutdown()
+    return tmp_path
 
 
 def common(tmp: Path, name: str) -> list[str]:
@@ -111,16 +110,43 @@ def test_smoke_tune_starts_from_the_papers_values(workdir):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
-def test_a_diverging_trial_fails_alone(workdir, capsys):
-    from orchestrator import ablate
+def command(module: str, argv: list[str], workdir: Path) -> subprocess.CompletedProcess:
+    """A command as a user runs it: a process of its own, its exit status and its terminal."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)
 
+
+def failure_lines(out: str) -> list[str]:
+    """Our lines for a failed or retried trial, after Ray's words were checked absent."""
+    for ray_words in ("Traceback", "Trial task failed", "RayTaskError"):
+        assert ray_words not in out, (ray_words, out[-4000:])
+    return [ln for ln in out.splitlines() if re.match(r"trial \w+  (failed|FAILED) ", ln)]
+
+
+def test_a_diverging_trial_fails_alone_and_ablate_exits_1(workdir):
+    """lr 1e30 makes the loss non-finite in epoch 1 (trainer.DivergedError): that cell of the
+    table is missing, so the command exits 1; its failure and its retry are one line each."""
     space = workdir / "nan.yaml"
     space.write_text("kind: grid\ngrid:\n  method: [kd]\n  lr: [0.05, 1.0e+30]\nseeds: [0]\n")
-    code, out, err = run_cli(ablate.main, [*common(workdir, "nan"), "--space", str(space)], capsys)
-    assert code == 0, err
-    assert "1 trial(s) failed: see the tables above" in out
+    done = command("orchestrator.ablate", [*common(workdir, "nan"), "--space", str(space),
+                                           "--retries", "1"], workdir)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-4000:]
+    assert "incomplete: cells of the table are missing: 1 of 2 trials did not finish " \
+           "(1 failed); exit status 1" in done.stderr
+    assert "1 trial(s) failed: see the tables above" in done.stdout
+    log = workdir / "ray" / "nan" / "ray_errors.log"
+    retry, final = failure_lines(out)
+    assert re.fullmatch(r"trial \w+  failed on node \S+ \(DivergedError: loss is .*\): retry 1 of "
+                        rf"1 from the start \(no checkpoint\), 0 left; Ray's traceback: {log}",
+                        retry), retry
+    assert re.fullmatch(r"trial \w+  FAILED on node \S+ \(DivergedError: loss is .*\), no "
+                        rf"retries left; Ray's traceback: {log}", final), final
+    written = log.read_text()
+    assert written.count("Trial task failed") == 2 and "Traceback" in written
     # the per-variant table names the failed trial and its reason instead of leaving it out
-    per_variant = out.split("mean +- std over seeds")[1].splitlines()
+    per_variant = done.stdout.split("mean +- std over seeds")[1].splitlines()
     assert per_variant[1].split()[-1] == "failed"
     assert "seed 0 failed:" in per_variant[3] and "loss is" in per_variant[3]
     _, _, children = runs_of(workdir, "nan")
@@ -128,6 +154,16 @@ def test_a_diverging_trial_fails_alone(workdir, capsys):
     assert by_lr[1e30].info.status == "FAILED"
     assert "loss is" in by_lr[1e30].data.tags["smaraad.error"]
     assert by_lr[0.05].info.status == "FINISHED"
+
+
+def test_tune_exits_1_when_no_trial_finished(workdir):
+    done = command("orchestrator.tune", [*common(workdir, "allnan"), "--num-samples", "1",
+                                         "--set", "lr=1e30"], workdir)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-4000:]
+    assert "incomplete: no trial finished: 1 of 1 trials did not finish (1 failed); " \
+           "exit status 1" in done.stderr
+    assert len(failure_lines(out)) == 1
 
 
 def finished_trials(db: Path) -> int:
@@ -163,8 +199,7 @@ def test_killed_experiment_resumes_without_duplicates(workdir, capsys):
         else:
             pytest.fail("no trial finished in time")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)  # the driver, its local Ray instance and the trials' workers
 
     from orchestrator import ablate
     code, out, err = run_cli(ablate.main, [*common(workdir, name), "--resume", "--variants",

@@ -83,9 +83,7 @@ def data_root(tmp_path_factory):
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    import ray
-    ray.shutdown()
+    return tmp_path
 
 
 def teacher_file(tmp: Path, arch: str, num_classes: int) -> list[str]:

@@ -16,11 +16,6 @@ from conftest import run_cli
 from smaraad import robustbench_teachers as zoo
 from smaraad.models import HookedCamNet, NotCamReady, build_model
 
-try:
-    zoo.import_robustbench()
-except zoo.ZooError as exc:  # the extra is not installed: pip install -e ".[robustbench]"
-    pytest.skip(str(exc), allow_module_level=True)
-
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = "Sehwag2021Proxy_R18"  # a ResNet-18 entry of the CIFAR-10 Linf zoo: the cheap one
 

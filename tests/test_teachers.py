@@ -12,7 +12,8 @@ from smaraad.teachers import cache_key, provide_teacher, teacher_config
 STUDENT = {"method": "kd", "teacher": "small_cnn", "train_size": 300, "val_size": 100}
 
 
-def test_a_teacher_is_trained_once_then_reused(capsys):
+def test_a_teacher_is_trained_once_then_reused(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("SMARAAD_CACHE", str(tmp_path))  # a cache of its own: whatever ran before
     cfg = preset_config(STUDENT)
     first = provide_teacher(cfg, epochs=1, log=print)
     again = provide_teacher(cfg, epochs=1, log=print)

@@ -7,7 +7,10 @@ Everything that knows Ray's API lives here and in trial.py; the driver (driver.p
 - TPE models nothing before n_startup_trials finished trials: set it for small sweeps;
 - OptunaSearch refuses grid_search, so grids use the default search algorithm;
 - `Tuner.restore(..., restart_errored=True)` with OptunaSearch dies; `resume_errored=True` works;
-- `num_to_keep=2` plus a hard kill can point the state at a deleted checkpoint: keep 3.
+- `num_to_keep=2` plus a hard kill can point the state at a deleted checkpoint: keep 3;
+- a failed trial is logged with its traceback by Tune's controller logger, but a lost node is
+  printed by Ray's driver itself (ray._private.worker.print_to_stdstream): RayFailureLog takes
+  both to a file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +34,7 @@ from smaraad.cli import UsageError
 from smaraad.io import save_json
 
 from trainables.tracking import Tracking, close_trial_run
-from trainables.trial import COMPLETED, TrialSetup, fmt, run_trial
+from trainables.trial import COMPLETED, NODE_ID, TrialSetup, fmt, run_trial
 
 
 
@@ -73,7 +78,10 @@ class Plan:
 #   here" and the TensorBoard hint whatever `verbose` says; the classic one obeys verbose=0.
 # - TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: no TensorBoard event files (the project has no
 #   TensorBoard); the CSV and JSON loggers that Tune's results need are added by run_config.
-QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# - TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: no advice to keep fewer
+#   checkpoints when a loaded machine snapshots often (3 are kept on purpose, see above).
+QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # A new local instance enables token authentication (Ray's default, kept) and logs a warning
 # that it did so. RAY_AUTH_MODE=token would silence it too, but Ray reads its config when it is
 # imported, so setting it here is too late; the warning's own logger is quieted instead.
@@ -178,10 +186,14 @@ class MlflowStatus(tune.Callback):
 class Progress(tune.Callback):
     """One line per trial-epoch on the driver (Tune's own table is off: verbose=0), e.g.
     `trial 3b79d60f  epoch 3/8  val/pgd_acc 0.420  gamma=28.65 alpha=0.7152`, and one when a trial
-    ends, so a sweep that runs for minutes (or days on a cluster) shows where it is."""
+    ends, so a sweep that runs for minutes (or days on a cluster) shows where it is. A failure is
+    one line too, with its retry if one is left, e.g. `trial 3b79d60f  failed on node 5f1c09ab
+    10.0.0.7 after epoch 3 (its node or its worker process was lost): retry 1 of 1 from epoch 3's
+    checkpoint, 0 left; Ray's traceback: <experiment>/ray_errors.log`."""
 
-    def __init__(self, metric: str, keys: list[str], epochs: int):
+    def __init__(self, metric: str, keys: list[str], epochs: int, errors_log: str):
         self.metric, self.keys, self.epochs = metric, keys, epochs
+        self.errors_log = errors_log
 
     def _point(self, trial) -> str:
         return " ".join(f"{k}={fmt(trial.config.get(k))}" for k in self.keys
@@ -197,8 +209,46 @@ class Progress(tune.Callback):
                   f"{self.metric} {fmt(result.get(self.metric))}  {self._point(trial)}",
                   flush=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        n, most = trial.run_metadata.num_failures, trial.max_failures
+        saved = trial.latest_checkpoint_result
+        start = (f"from epoch {saved.metrics['epoch']}'s checkpoint"
+                 if saved and saved.metrics.get("epoch") else "from the start (no checkpoint)")
+        print(f"{self._failure(trial, 'failed')}: retry {n} of {most} {start}, {most - n} left; "
+              f"Ray's traceback: {self.errors_log}", flush=True)
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"trial {trial.trial_id}  FAILED: {_error_text(trial)[:200]}", flush=True)
+        print(f"{self._failure(trial, 'FAILED')}, no retries left; "
+              f"Ray's traceback: {self.errors_log}", flush=True)
+
+    @staticmethod
+    def _failure(trial, word: str) -> str:
+        """`trial ID  failed on node N after epoch E (why)`: why in our words (the node or the
+        worker process lost, or the trial's own error), N the Ray node id's start and its IP."""
+        last, exc = trial.last_result or {}, _last_exception(trial)
+        ip = last.get("node_ip") or getattr(exc, "ip", None)  # before its first report: Ray's
+        node = " ".join(filter(None, [last.get(NODE_ID, "")[:8], ip]))
+        where = f" on node {node}" if node else ""
+        after = f" after epoch {last['epoch']}" if last.get("epoch") else ""
+        cause = getattr(exc, "cause", None)  # what the trial raised (a RayTaskError's)
+        if isinstance(exc, ray.exceptions.RayActorError):
+            why = "its node or its worker process was lost"
+        elif isinstance(cause, Exception):
+            why = f"{type(cause).__name__}: {cause}"[:200]
+        else:
+            why = _error_text(trial)[:200]
+        return f"trial {trial.trial_id}  {word}{where}{after} ({why})"
+
+
+def _last_exception(trial) -> BaseException | None:
+    """The exception Tune pickled for the trial's latest failure (None if unreadable)."""
+    from ray import cloudpickle
+
+    try:
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # no file yet, or an exception class this driver cannot import
+        return None
 
 
 def _error_text(trial) -> str:
@@ -266,13 +316,80 @@ def run_config(plan: Plan) -> tune.RunConfig:
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
                    MlflowStatus(plan.setup.tracking, experiment_path(plan)),
                    Progress(plan.space.metric, [*plan.space.search, *plan.space.grid, "seed"],
-                            plan.epochs)],
+                            plan.epochs, errors_log=errors_log(plan))],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         failure_config=tune.FailureConfig(max_failures=plan.retries))
 
 
 def experiment_path(plan: Plan) -> str:
     return str(Path(plan.storage_path) / plan.name)
+
+
+ERRORS_LOG = "ray_errors.log"
+# Tune's record of a failed trial task: `ERROR tune_controller.py ... Trial task failed for trial
+# ...` and the exception's traceback (~20 lines of ActorUnavailableError for a lost node).
+TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
+TRIAL_TASK_FAILED = "Trial task failed"
+# The GCS's message to every driver when a node stops answering, which Ray's driver prints itself
+# (ray._private.worker.print_to_stdstream, "(raylet) The node with node id: ... has been marked
+# dead because ..."), not through a logger.
+NODE_DEAD = re.compile(r"The node with node id: (\w+) and address: (\S+)")
+
+
+class RayFailureLog(logging.Filter):
+    """Ray's own reports of a failure, off the driver's terminal and into the experiment's
+    ray_errors.log: Tune's failed-trial record with its traceback (Progress prints our line for
+    it) and the GCS's message that a node was marked dead (for which this prints our line:
+    `node 3b8b7f37 10.0.0.7 lost: Ray marked it dead; Ray's message: <file>`)."""
+
+    def __init__(self, path: str, print_ray=None):
+        super().__init__()
+        self.path, self.print_ray = path, print_ray
+        self.file = logging.FileHandler(path, delay=True)  # created on the first failure
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                 "%(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(TRIAL_TASK_FAILED):
+            self.file.handle(record)
+            return False
+        return True
+
+    def print_to_stdstream(self, data: dict, ignore_prefix: bool) -> None:
+        """Stands in for Ray's printer of GCS messages: a node's death goes to the file."""
+        text = "\n".join(data.get("lines", []))
+        dead = NODE_DEAD.search(text)
+        if not dead:
+            return self.print_ray(data, ignore_prefix)
+        self.file.handle(logging.makeLogRecord({"name": "ray.gcs", "levelname": "WARNING",
+                                                "levelno": logging.WARNING, "msg": text}))
+        print(f"node {dead[1][:8]} {dead[2]} lost: Ray marked it dead; its trials continue on "
+              f"the other nodes where --retries allows; Ray's message: {self.path}", flush=True)
+
+
+def errors_log(plan: Plan) -> str:
+    return str(Path(experiment_path(plan)) / ERRORS_LOG)
+
+
+@contextmanager
+def ray_failures_to(path: str):
+    """While the experiment runs, Ray's reports of failures go to `path` (RayFailureLog). Both
+    hooks leave with the experiment, so a second experiment in the same process does not write
+    into the first one's file."""
+    import ray._private.worker as ray_worker  # private: where Ray moves it, its line stays
+
+    logger = logging.getLogger(TUNE_CONTROLLER)
+    divert = RayFailureLog(path, getattr(ray_worker, "print_to_stdstream", None))
+    logger.addFilter(divert)
+    if divert.print_ray:
+        ray_worker.print_to_stdstream = divert.print_to_stdstream
+    try:
+        yield
+    finally:
+        logger.removeFilter(divert)
+        if divert.print_ray:
+            ray_worker.print_to_stdstream = divert.print_ray
+        divert.file.close()
 
 
 def run(plan: Plan, *, resume: bool) -> list[dict]:
@@ -284,7 +401,9 @@ def run(plan: Plan, *, resume: bool) -> list[dict]:
     else:
         tuner = tune.Tuner(trainable(plan), param_space=param_space(plan),
                            tune_config=tune_config(plan), run_config=run_config(plan))
-    grid = tuner.fit()
+    Path(path).mkdir(parents=True, exist_ok=True)
+    with ray_failures_to(errors_log(plan)):
+        grid = tuner.fit()
     return [trial_row(r) for r in grid]
 
 

@@ -39,6 +39,7 @@ from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
 COMPLETED = "completed"  # set in the report that follows the final evaluation
+NODE_ID = "node_id"  # in each epoch's report: the Ray node it ran on (the driver names it)
 
 
 @dataclass
@@ -149,7 +150,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.log_metrics(epoch_metrics, step=epoch_metrics["epoch"])
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / STATE_FILE)
-            tune.report(epoch_metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**epoch_metrics, NODE_ID: ray.get_runtime_context().get_node_id()},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
         device = resolve_device(cfg.device)
