@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 from smaraad import metrics
 from smaraad.cli import Parser, UsageError, parse_kv
 from smaraad.config import METHOD_OVERRIDES, TRAIN_KEYS, method_keys
+from smaraad.data.registry import DATASETS
 from smaraad.teachers import TEACHER_METHODS
 
 
@@ -23,7 +24,7 @@ def add_run_options(p: Parser, *, attacks: Sequence[str], eval_n_default: str,
                     aa_n_default: str) -> Parser:
     """Add the shared options to `p`; `attacks` is the command's default evaluation, the two
     strings say in its help what --eval-n and --aa-n default to."""
-    p.add_argument("--dataset", help="embedded (default), cifar10, cifar100")
+    p.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: embedded)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the data set's preset)")
     p.add_argument("--seed", type=int, default=0, help="seeds the run (and the search)")
     p.add_argument("--student", help="student architecture (default: the preset's)")
@@ -41,9 +42,11 @@ def add_run_options(p: Parser, *, attacks: Sequence[str], eval_n_default: str,
                    "(default: the data set's preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set gamma=100 (repeatable)")
-    p.add_argument("--data-root", help="folder holding the CIFAR files")
+    p.add_argument("--data-root", help="folder holding the data set's files (default: "
+                   "$SMARAAD_DATA, else ./data; Fashion-MNIST also Debian's "
+                   "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--download", action="store_true",
-                   help="download CIFAR-10/100 with torchvision if absent")
+                   help="download the data set's files with torchvision (md5-checked) if absent")
     p.add_argument("--attacks", default=",".join(attacks),
                    help=f"final test-split evaluation, from: {','.join(metrics.attack_names())} "
                         f"(default: {','.join(attacks) or 'none'})")
