@@ -21,12 +21,12 @@ from urllib.parse import urlparse
 from smaraad import metrics
 from smaraad.cli import Parser, UsageError
 from smaraad.config import TRAIN_KEYS, TrainConfig, preset_config
+from smaraad.data import registry as data_registry
 from smaraad.methods import METHODS
 from smaraad.options import add_run_options, check_teacher, run_options
 from smaraad.paths import folder_or_absent, writable_dir, writable_file
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
-EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
 SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500}
 
 
@@ -34,7 +34,8 @@ def common_parser(prog: str, description: str) -> Parser:
     p = Parser(prog=prog, description=description)
     add_run_options(p, attacks=metrics.default_attacks(),
                     eval_n_default=f"all; {SMOKE['eval_n']} with --smoke-test",
-                    aa_n_default=f"all; {EMBEDDED_AA_N} on the embedded data")
+                    aa_n_default="all; the data set's registry entry (100 on embedded and "
+                                 "fashion_mnist)")
     p.add_argument("--teacher-aa-n", type=int, help="validation images each teacher's own "
                    "AutoAttack accuracy is measured on (0 = none; default: the space's, else 0; "
                    "at most 8 with --smoke-test)")
@@ -57,7 +58,7 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"a tiny run to check the setup ({SMOKE['epochs']} epochs, "
-                        f"{SMOKE['num_samples']} trials, {SMOKE['train_size']} embedded training "
+                        f"{SMOKE['num_samples']} trials, at most {SMOKE['train_size']} training "
                         f"images, {SMOKE['eval_n']} test images)")
     add_plan_flag(p)
     return p
@@ -97,7 +98,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         raise UsageError("--max-concurrent: must be >= 1")
     dataset = args.dataset or space.base.get("dataset", "embedded")
     smoke = {**({"epochs": SMOKE["epochs"]} if args.epochs is None else {}),
-             **({"train_size": SMOKE["train_size"]} if dataset == "embedded" else {})}
+             "train_size": SMOKE["train_size"]}
     opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None,
                        methods=lambda values: experiment_methods(space, values))
     values = opts.values
@@ -108,7 +109,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
             **{k: v for k, v in values.items() if k not in TRAIN_KEYS}}
     eval_n = opts.eval_n if opts.eval_n is not None else SMOKE["eval_n"] if args.smoke_test else 0
     aa_n = opts.aa_n if opts.aa_n is not None else (
-        EMBEDDED_AA_N if dataset == "embedded" and not args.smoke_test else 0)
+        data_registry.dataset(dataset).aa_n if not args.smoke_test else 0)
     teacher = opts.teacher or space.teacher
     check_teacher(teacher, base_cfg.dataset, opts.teacher_dir, opts.download)
     teacher_epochs = opts.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)
