@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = resolve(args, space, space_name=space.name)
     if args.plan:  # before the teacher, the data and Ray
         from orchestrator.plan import print_plan
-        return print_plan(args, r, variants=variants, runs_per_variant=len(seeds),
+        # a `teachers:` name is no config value: each such variant costs its method's step
+        costed = [{k: v for k, v in var.items() if not (k == TEACHER_KEY and space.teachers)}
+                  for var in variants]
+        return print_plan(args, r, variants=costed, runs_per_variant=len(seeds),
                           label=f"ablate --space {space.name}, {len(variants)} variants x "
                                 f"{len(seeds)} seeds")
 

@@ -27,7 +27,8 @@ from smaraad.options import add_run_options, check_teacher, run_options
 from smaraad.paths import folder_or_absent, writable_dir, writable_file
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
-SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500}
+SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500,
+         "val_max": 200}
 
 
 def common_parser(prog: str, description: str) -> Parser:
@@ -59,7 +60,8 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--smoke-test", action="store_true",
                    help=f"a tiny run to check the setup ({SMOKE['epochs']} epochs, "
                         f"{SMOKE['num_samples']} trials, at most {SMOKE['train_size']} training "
-                        f"images, {SMOKE['eval_n']} test images)")
+                        f"images, {SMOKE['val_max']} validation images per epoch, "
+                        f"{SMOKE['eval_n']} test images)")
     add_plan_flag(p)
     return p
 
@@ -98,7 +100,7 @@ def resolve(args, space, *, space_name: str) -> Resolved:
         raise UsageError("--max-concurrent: must be >= 1")
     dataset = args.dataset or space.base.get("dataset", "embedded")
     smoke = {**({"epochs": SMOKE["epochs"]} if args.epochs is None else {}),
-             "train_size": SMOKE["train_size"]}
+             "train_size": SMOKE["train_size"], "val_max": SMOKE["val_max"]}
     opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None,
                        methods=lambda values: experiment_methods(space, values))
     values = opts.values
