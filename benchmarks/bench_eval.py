@@ -24,11 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from smaraad.data.registry import EMBEDDED  # noqa: E402
 from smaraad.evaluation import ATTACKS, accuracy, attack_table  # noqa: E402
 from smaraad.models import build_model, count_parameters  # noqa: E402
 
 EPS = 8 / 255
-SIZE = 16  # the embedded data set's image side, pixels
+SIZE = EMBEDDED.image_size
 
 
 def rate(model, data, attack, batch_size: int) -> tuple[float, float, float]:

@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(default: all)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the space's)")
     args = p.parse_args(argv)
-    space = load_space(args.space)
+    space = load_space(args.space, args.dataset)
     if space.kind != "grid":
         raise SpaceError(f"space {space.name!r} is a search space; run it with "
                          f"python -m orchestrator.tune --space {space.name}")

@@ -18,13 +18,14 @@ from urllib.parse import urlparse
 from smaraad import metrics
 from smaraad.cli import Parser, UsageError
 from smaraad.config import DEFAULT_DATASET, TRAIN_KEYS, TrainConfig, preset_config
+from smaraad.data import registry as data_registry
 from smaraad.options import add_run_options, check_teacher, run_options
 from smaraad.paths import default_tracking_uri, folder_or_absent, writable_dir, writable_file
 from smaraad.teacher_specs import DEFAULT_NAME, TEACHER_KEY, from_options
 from trainables.driver import TRANSFER_TEACHER, Experiment, point_config
 
-EMBEDDED_AA_N = 100  # AutoAttack costs ~0.5-1 s per robust image of the small student on one core
-SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500}
+SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500,
+         "val_max": 200}
 SMOKE_TEACHER_AA_N = 8  # a teacher's AutoAttack in --smoke-test: a check that it runs
 
 
@@ -32,7 +33,8 @@ def common_parser(prog: str, description: str) -> Parser:
     p = Parser(prog=prog, description=description)
     add_run_options(p, attacks=metrics.default_attacks(),
                     eval_n_default=f"all; {SMOKE['eval_n']} with --smoke-test",
-                    aa_n_default=f"all; {EMBEDDED_AA_N} on the embedded data")
+                    aa_n_default="all; the data set's registry entry (100 on embedded and "
+                                 "fashion_mnist)")
     p.add_argument("--teacher-aa-n", type=int, help="validation images each teacher's own "
                    "AutoAttack accuracy is measured on (0 = none; default: the space's, else 0; "
                    "at most 8 with --smoke-test)")
@@ -55,8 +57,9 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     p.add_argument("--smoke-test", action="store_true",
                    help=f"a tiny run to check the setup ({SMOKE['epochs']} epochs, "
-                        f"{SMOKE['num_samples']} trials, {SMOKE['train_size']} embedded training "
-                        f"images, {SMOKE['eval_n']} test images)")
+                        f"{SMOKE['num_samples']} trials, at most {SMOKE['train_size']} training "
+                        f"images, {SMOKE['val_max']} validation images per epoch, "
+                        f"{SMOKE['eval_n']} test images)")
     add_plan_flag(p)
     return p
 
@@ -81,7 +84,7 @@ def resolve(args, space, *, kind: str, variants: list | None = None, seeds: tupl
     variants = variants or []
     dataset = args.dataset or space.base.get("dataset", DEFAULT_DATASET)
     smoke = {**({"epochs": SMOKE["epochs"]} if args.epochs is None else {}),
-             **({"train_size": SMOKE["train_size"]} if dataset == "embedded" else {})}
+             "train_size": SMOKE["train_size"], "val_max": SMOKE["val_max"]}
     opts = run_options(args, base=space.base, extra=smoke if args.smoke_test else None,
                        methods=lambda values: experiment_methods(space, values))
     values = opts.values
@@ -98,7 +101,7 @@ def resolve(args, space, *, kind: str, variants: list | None = None, seeds: tupl
         SMOKE["eval_n"] if args.smoke_test else space.eval_n or 0)
     aa_n = opts.aa_n if opts.aa_n is not None else (
         0 if args.smoke_test else space.aa_n if space.aa_n is not None else
-        EMBEDDED_AA_N if dataset == "embedded" else 0)
+        data_registry.dataset(dataset).aa_n)
     teacher = opts.teacher or space.teacher
     check_teacher(teacher, template.dataset, opts.teacher_dir, opts.download)
     teacher_epochs = opts.teacher_epochs or (SMOKE["teacher_epochs"] if args.smoke_test else None)

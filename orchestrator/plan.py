@@ -20,15 +20,13 @@ import dataclasses
 import torch
 
 from smaraad.cost import cpu_step_seconds, step_flops
-from smaraad.data import EMBEDDED_CLASSES, EMBEDDED_SIZE, EMBEDDED_TRAIN
-from smaraad.data.cifar import CIFAR
+from smaraad.data.registry import dataset
 from trainables.driver import Experiment, point_config
 
 UTILISATION = 0.40   # of the dense peak: what well-fed convolutional training typically sustains
 CPU_BATCH = 2        # images in the measured CPU step
 MEASURED_ATTACK_STEPS = 1  # the measured CPU step's attack: the whole attack of a WRN-34-10
 #                            teacher takes minutes on a laptop; its FLOP rate carries over
-CIFAR_TRAIN = 50_000  # training images of CIFAR-10 and of CIFAR-100 (validation split included)
 
 # Dense peaks in TFLOP/s (no structured sparsity), from NVIDIA's data sheets: H100 SXM5 (H100
 # Tensor Core GPU datasheet): FP32 67, TF32 tensor 494.7, BF16 tensor 989.4; A100 SXM4 (A100
@@ -46,18 +44,17 @@ GPU_PEAKS = {
 def train_images(cfg) -> int:
     """Images one epoch trains on: the training set (capped by train_size) less validation,
     as smaraad.data splits it."""
-    n = EMBEDDED_TRAIN if cfg.dataset == "embedded" else CIFAR_TRAIN
+    n = dataset(cfg.dataset).train_images
     if cfg.train_size:
         n = min(n, cfg.train_size)
     val = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * n)
     return n - val
 
 
-def shape(cfg) -> tuple[int, int]:
-    """(image side, classes) of the data set, known without its files."""
-    if cfg.dataset == "embedded":
-        return EMBEDDED_SIZE, EMBEDDED_CLASSES
-    return 32, CIFAR[cfg.dataset][2]
+def shape(cfg) -> tuple[int, int, int]:
+    """(image side, classes, channels) of the data set, known without its files."""
+    entry = dataset(cfg.dataset)
+    return entry.image_size, entry.classes, entry.channels
 
 
 def teacher_arch(cfg, spec) -> str:
@@ -87,17 +84,17 @@ def print_plan(exp: Experiment, *, runs_per_variant: int, label: str, log=print)
     trials = len(configs) * runs_per_variant
     epochs = configs[0].epochs
     first = configs[0]
-    size, classes = shape(first)
+    size, classes, channels = shape(first)
     images = train_images(first)
     teacher = teacher_arch(first, next(iter(exp.teachers.values()), None))
-    log(f"plan: {label} on {first.dataset} ({images} training images per epoch, {size}x{size}, "
-        f"{classes} classes), student {first.student}, teacher {teacher}")
+    log(f"plan: {label} on {first.dataset} ({images} training images per epoch, "
+        f"{channels}x{size}x{size}, {classes} classes), student {first.student}, teacher {teacher}")
     log(f"trials x epochs: {trials} x {epochs} = {trials * epochs} trial-epochs")
     total, per_image = 0.0, {}
     for cfg, v in zip(configs, variants or [{}]):
         name = cfg.method if key in (None, "method") else f"{cfg.method}[{key}={v[key]}]"
         flops = step_flops(cfg.method, cfg.student, teacher, num_classes=classes, image_size=size,
-                           steps=cfg.attack_steps, eps_255=cfg.eps_255, step_255=cfg.step_255,
+                           channels=channels, steps=cfg.attack_steps, eps_255=cfg.eps_255, step_255=cfg.step_255,
                            epochs=cfg.epochs, params=_params(cfg))
         per_image[name] = flops
         log(f"step FLOP per image: {name} {flops:.2e}")
@@ -113,7 +110,7 @@ def print_plan(exp: Experiment, *, runs_per_variant: int, label: str, log=print)
         log("  " + f"{gpu:<10}" + "".join(f"{c:>12}" for c in cells))
     name = next(iter(per_image))
     measured = min(first.attack_steps, MEASURED_ATTACK_STEPS)
-    kw = dict(num_classes=classes, image_size=size, steps=measured, eps_255=first.eps_255,
+    kw = dict(num_classes=classes, image_size=size, channels=channels, steps=measured, eps_255=first.eps_255,
               step_255=first.step_255, epochs=first.epochs, params=_params(first))
     log(f"measuring one real fp32 step of {name} with {measured} attack step(s) on this CPU "
         f"({CPU_BATCH} images, {torch.get_num_threads()} threads)...")

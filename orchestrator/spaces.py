@@ -12,6 +12,11 @@ robustbench:NAME; smaraad/teacher_specs.py) and vary them like any parameter: th
 not the config's `teacher_arch` (which becomes that teacher's). `teacher_aa_n` sets on how
 many validation images each teacher's own AutoAttack accuracy is measured (0 = none); `eval_n`
 and `aa_n` size each trial's final evaluation where the command line does not (--eval-n, --aa-n).
+
+`datasets:` maps a data set's name to top-level keys that replace the space's own when it runs on
+that data set (`--dataset`, else the base's): a space keeps one meaning across data sets while
+its teachers (trained at the data set's eps), budget and evaluation sizes follow the data set.
+Every such overlay is validated when the space loads.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from smaraad.teacher_specs import TEACHER_KEY, parse_teachers
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TOP_KEYS = {"description", "kind", "metric", "mode", "base", "search", "grid", "seeds", "asha",
-            "num_samples", "teachers", "teacher_aa_n", "eval_n", "aa_n"}
+            "num_samples", "teachers", "teacher_aa_n", "eval_n", "aa_n", "datasets"}
+OVERLAY_KEYS = TOP_KEYS - {"kind", "datasets"}  # what a `datasets:` entry may replace
 METRICS = tuple(metrics.VALIDATION)  # what a space can optimise: the trainer's validation metrics
 
 
@@ -89,20 +95,51 @@ def available() -> list[str]:
     return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
 
-def load_space(name_or_path: str) -> Space:
-    """Load a space by name (search_spaces/NAME.yaml) or by path; SpaceError if anything is off."""
+def load_space(name_or_path: str, dataset: str | None = None) -> Space:
+    """Load a space by name (search_spaces/NAME.yaml) or by path, as run on `dataset` (None: the
+    space's base data set, else embedded); SpaceError if anything is off."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = SPACES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise SpaceError(f"unknown space {name_or_path!r}; available: {', '.join(available())}")
     try:
-        return _validate(path.stem, load_yaml_mapping(str(path)))
+        raw = load_yaml_mapping(str(path))
+        overlays = _overlays(raw)
+        for name, overlay in overlays.items():  # each data set's version must be valid too
+            _validate(path.stem, {**raw, **overlay}, where=f"datasets.{name}: ")
+        dataset = dataset or (raw.get("base") or {}).get("dataset", "embedded")
+        return _validate(path.stem, {**raw, **overlays.get(dataset, {})})
     except ConfigError as exc:
         raise SpaceError(f"space {path.stem!r}: {exc}") from None
 
 
-def _validate(name: str, raw: dict) -> Space:
+def _overlays(raw: dict) -> dict[str, dict]:
+    """The space's `datasets:` mapping, popped from `raw`: data set name -> replaced keys."""
+    from smaraad.data.registry import DATASETS
+
+    overlays = raw.pop("datasets", None) or {}
+    if not isinstance(overlays, dict):
+        raise ConfigError("datasets: expected a mapping of data set names to keys to replace")
+    for name, overlay in overlays.items():
+        if name not in DATASETS:
+            raise ConfigError(f"datasets: unknown data set {name!r}; allowed: "
+                              f"{', '.join(DATASETS)}")
+        bad = set(overlay) - OVERLAY_KEYS if isinstance(overlay, dict) else {"(not a mapping)"}
+        if bad:
+            raise ConfigError(f"datasets.{name}: cannot replace {sorted(bad)[0]!r}; allowed: "
+                              f"{', '.join(sorted(OVERLAY_KEYS))}")
+    return overlays
+
+
+def _validate(name: str, raw: dict, where: str = "") -> Space:
+    try:
+        return _validate_raw(name, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def _validate_raw(name: str, raw: dict) -> Space:
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise ConfigError(f"unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_KEYS))}")

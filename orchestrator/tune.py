@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--objectives", help=f"several metrics, e.g. {','.join(reversed(METRICS))}: "
                    "optimise them jointly and print the Pareto front")
     args = p.parse_args(argv)
-    space = load_space(args.space)
+    space = load_space(args.space, args.dataset)
     if space.kind != "tune":
         raise SpaceError(f"space {space.name!r} is a grid; run it with python -m orchestrator.ablate "
                          f"--space {space.name}")

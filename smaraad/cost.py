@@ -70,14 +70,16 @@ def _data_dependent(exc: Exception) -> bool:
 def make_context(method: str, student: str, teacher: str | None, *, num_classes: int,
                  params: Mapping[str, Any] | None = None, steps: int = 10,
                  eps_255: float = 8.0, step_255: float = 2.0, epoch: int | None = None,
-                 epochs: int = 200, natural_teacher: str | None = None) -> Context:
+                 epochs: int = 200, natural_teacher: str | None = None,
+                 channels: int = 3) -> Context:
     """A method's Context with freshly built models (the current device / fake mode applies):
     the student in train mode, the teachers frozen in eval mode."""
     spec = METHODS[method]
-    s = build_model(student, num_classes=num_classes).train()
+    s = build_model(student, num_classes=num_classes, channels=channels).train()
 
     def frozen(arch: str):
-        return build_model(arch, num_classes=num_classes).eval().requires_grad_(False)
+        return build_model(arch, num_classes=num_classes,
+                           channels=channels).eval().requires_grad_(False)
 
     t = frozen(teacher) if spec.needs_teacher and teacher else None
     n = frozen(natural_teacher or teacher) if spec.needs_natural_teacher else None
@@ -87,8 +89,8 @@ def make_context(method: str, student: str, teacher: str | None, *, num_classes:
 
         cfg = TrainConfig.from_flat({"method": method, "student": student, "epochs": epochs,
                                      **dict(params or {})})
-        aux = spec.aux(cfg, SimpleNamespace(num_classes=num_classes, mean=(0.0, 0.0, 0.0),
-                                            std=(1.0, 1.0, 1.0), center=False))
+        aux = spec.aux(cfg, SimpleNamespace(num_classes=num_classes, mean=(0.0,) * channels,
+                                            std=(1.0,) * channels, center=False))
         for net in aux.values():
             net.module.train()
     opt = torch.optim.SGD(s.parameters(), lr=0.1, momentum=0.9)
@@ -113,7 +115,7 @@ def _count(method, student, teacher, *, num_classes, image_size, batch, fake, **
     torch.manual_seed(0)
     with _fake_mode() if fake else contextlib.nullcontext():
         ctx = make_context(method, student, teacher, num_classes=num_classes, **kw)
-        x = torch.rand(batch, 3, image_size, image_size)
+        x = torch.rand(batch, kw.get("channels", 3), image_size, image_size)
         y = torch.randint(0, num_classes, (batch,))
         with TotalFlops() as counter:
             train_step(method, ctx, x, y)
@@ -126,7 +128,8 @@ def step_flops(method: str, student: str, teacher: str | None, *, num_classes: i
     """FLOPs per image of one training step of `method` (see the module docstring).
 
     kw: params (the method's hyperparameters), eps_255, step_255, epoch, epochs,
-    natural_teacher (MTARD's second teacher; default: the teacher's architecture)."""
+    natural_teacher (MTARD's second teacher; default: the teacher's architecture), channels
+    (the images', default 3)."""
     if mode not in ("fake", "cpu"):
         raise ValueError(f"mode {mode!r}; allowed: fake, cpu")
     if method not in METHODS:
@@ -148,11 +151,12 @@ def step_flops(method: str, student: str, teacher: str | None, *, num_classes: i
     return f0 + steps * (f1 - f0)
 
 
-def forward_flops(arch: str, *, num_classes: int, image_size: int = 32) -> float:
+def forward_flops(arch: str, *, num_classes: int, image_size: int = 32,
+                  channels: int = 3) -> float:
     """FLOPs of one eval-mode forward pass per image (on fake tensors)."""
     with _fake_mode():
-        model = build_model(arch, num_classes=num_classes).eval()
-        x = torch.rand(1, 3, image_size, image_size)
+        model = build_model(arch, num_classes=num_classes, channels=channels).eval()
+        x = torch.rand(1, channels, image_size, image_size)
         with TotalFlops() as counter, torch.no_grad():
             model(x)
     return float(counter.get_total_flops())
@@ -166,7 +170,7 @@ def cpu_step_seconds(method: str, student: str, teacher: str | None, *, num_clas
     torch.manual_seed(0)
     ctx = make_context(method, student, teacher, num_classes=num_classes, **kw)
     opt = torch.optim.SGD(ctx.student.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(batch, 3, image_size, image_size)
+    x = torch.rand(batch, kw.get("channels", 3), image_size, image_size)
     y = torch.randint(0, num_classes, (batch,))
     start = time.perf_counter()
     train_step(method, ctx, x, y, opt)

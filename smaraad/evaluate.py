@@ -60,8 +60,8 @@ def parser() -> Parser:
     p.add_argument("--aa-version", default="standard",
                    help=f"{', '.join(AA_VERSIONS)}, or a comma list of pyautoattack attacks "
                         "(apgd-ce,square,...) for a cheaper custom run; reported numbers: standard")
-    p.add_argument("--data-root", metavar="DIR", help="folder holding the CIFAR files")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10/100 into "
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the data set's files")
+    p.add_argument("--download", action="store_true", help="download the data set's files into "
                    "--data-root if missing (torchvision's downloader, md5-checked)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=256)

@@ -42,9 +42,11 @@ def add_run_options(p: Parser, *, attacks: Sequence[str], eval_n_default: str,
                    "(default: the data set's preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set gamma=100 (repeatable)")
-    p.add_argument("--data-root", help="folder holding the CIFAR files")
+    p.add_argument("--data-root", help="folder holding the data set's files (default: "
+                   "$SMARAAD_DATA, else ./data; Fashion-MNIST also Debian's "
+                   "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--download", action="store_true",
-                   help="download CIFAR-10/100 with torchvision if absent")
+                   help="download the data set's files with torchvision (md5-checked) if absent")
     p.add_argument("--attacks", default=",".join(attacks),
                    help=f"final test-split evaluation, from: {','.join(metrics.attack_names())} "
                         f"(default: {','.join(attacks) or 'none'})")

@@ -22,6 +22,7 @@ from typing import Callable
 from torch import nn
 
 from smaraad.config import DEFAULT_DATASET, ConfigError, TrainConfig, preset_config
+from smaraad.data import registry as data_registry
 from smaraad.models import import_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 from smaraad.metrics import is_teacher_key, teacher_figures
 from smaraad.paths import cache_root
@@ -133,7 +134,9 @@ def _from_file(path: str, *, arch: str | None = None, dataset: str = DEFAULT_DAT
     weights_only=True; a file that fits neither is one CheckpointError naming it."""
     raw = read_checkpoint(path)
     if arch is not None and not {"arch", "state_dict", "num_classes"} <= set(raw):
-        model = import_state_dict(path, arch=arch, num_classes=100 if dataset == "cifar100" else 10)
+        entry = data_registry.dataset(dataset)
+        model = import_state_dict(path, arch=arch, num_classes=entry.classes,
+                                  channels=entry.channels)
         return Teacher(model, path, {})
     metrics = {k: float(v) for k, v in (raw.get("metrics") or {}).items()
                if is_teacher_key(k)}

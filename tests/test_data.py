@@ -318,3 +318,26 @@ def test_every_data_command_downloads_or_says_how(command, tmp_path, unreachable
         assert code == 2 and expected in err and 'cifar-10-batches-py' in err, err
         assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
     assert set(tmp_path.iterdir()) - before <= {tmp_path / 'data'}  # at most the empty data root
+
+
+@pytest.mark.parametrize('name', list(DATASETS))
+def test_every_layer_reads_a_data_set_from_its_registry_entry(name):
+    """The config's choices, the preset and threat model a run starts from, --plan's sizes and
+    shape and the options' help all come from the entry."""
+    from orchestrator.plan import shape, train_images
+    from smaraad.cli import Parser
+    from smaraad.config import DATASETS as CONFIG_DATASETS, PRESETS, preset_config
+    from smaraad.options import add_run_options
+
+    entry = DATASETS[name]
+    assert name in CONFIG_DATASETS and entry.preset in PRESETS
+    cfg = preset_config({'dataset': name})
+    assert (cfg.eps_255, cfg.step_255, cfg.attack_steps) == (
+        entry.eps_255, entry.step_255, entry.attack_steps)
+    assert shape(cfg) == (entry.image_size, entry.classes, entry.channels)
+    n = min(entry.train_images, cfg.train_size or entry.train_images)
+    assert train_images(cfg) == n - (int(cfg.val_size) if cfg.val_size >= 1
+                                      else round(cfg.val_size * n))
+    help_text = add_run_options(Parser(prog='x'), attacks=(), eval_n_default='',
+                                aa_n_default='').format_help()
+    assert name in help_text

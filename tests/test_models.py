@@ -334,3 +334,35 @@ def test_fold_batchnorm_returns_the_plain_copy_when_a_block_does_not_chain_conv_
     assert isinstance(folded.bn, torch.nn.BatchNorm2d) and model.training
     x = torch.rand(2, 3, 8, 8)
     assert torch.allclose(folded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_takes_one_channel_images_through_its_stem(name):
+    """A grayscale data set's images go through every model as one channel, normalised inside
+    the model with its one mean and std; three-channel images are refused."""
+    model = build_model(name, channels=1, mean=(0.3,), std=(0.4,)).eval()
+    assert model.in_channels == 1
+    stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.in_channels == 1
+    x = torch.rand(BATCH, 1, 28, 28)
+    with torch.no_grad():
+        assert model(x).shape == (BATCH, 10)
+        torch.testing.assert_close(model.normalize(x), (x - 0.3) / 0.4)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        model(torch.rand(BATCH, 3, 28, 28))
+
+
+def test_a_checkpoint_records_its_channels_and_an_older_one_loads_as_rgb(tmp_path):
+    gray = build_model("small_cnn", channels=1, mean=(0.3,), std=(0.4,)).eval()
+    save_checkpoint(tmp_path / "gray.pt", gray)
+    assert read_checkpoint(tmp_path / "gray.pt")["channels"] == 1
+    assert load_checkpoint(tmp_path / "gray.pt").in_channels == 1
+    rgb = build_model("small_cnn").eval()
+    save_checkpoint(tmp_path / "rgb.pt", rgb)
+    raw = read_checkpoint(tmp_path / "rgb.pt")
+    del raw["channels"]  # as written before grayscale data sets
+    torch.save(raw, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt")
+    x = torch.rand(BATCH, 3, 16, 16)
+    assert old.in_channels == 3
+    torch.testing.assert_close(old(x), rgb(x), rtol=0, atol=0)

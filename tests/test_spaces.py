@@ -68,3 +68,33 @@ def test_invalid_yaml_and_bad_grids(tmp_path):
     g.write_text(yaml.safe_dump({"kind": "grid", "grid": {"method": ["kd"]}, "seeds": [-1]}))
     with pytest.raises(SpaceError, match="seeds"):
         load_space(str(g))
+
+
+def test_a_space_follows_the_data_set_it_runs_on(tmp_path):
+    """`datasets:` keys replace the space's own on that data set only; each is validated."""
+    f = tmp_path / "g.yaml"
+    raw = {"kind": "grid", "grid": {"method": ["kd", "sm"]}, "seeds": [0], "eval_n": 300,
+           "datasets": {"fashion_mnist": {"seeds": [0, 1, 2], "eval_n": 2000,
+                                          "base": {"epochs": 3}}}}
+    f.write_text(yaml.safe_dump(raw))
+    plain, fashion = load_space(str(f)), load_space(str(f), "fashion_mnist")
+    assert (plain.seeds, plain.eval_n, plain.base) == ((0,), 300, {})
+    assert (fashion.seeds, fashion.eval_n, fashion.base) == ((0, 1, 2), 2000, {"epochs": 3})
+    assert load_space(str(f), "cifar10").seeds == (0,)
+    for overlays, message in (({"mnist": {}}, "unknown data set 'mnist'"),
+                              ({"fashion_mnist": {"kind": "tune"}}, "cannot replace 'kind'"),
+                              ({"fashion_mnist": {"seeds": [-1]}}, "datasets.fashion_mnist: seeds")):
+        f.write_text(yaml.safe_dump({**raw, "datasets": overlays}))
+        with pytest.raises(SpaceError, match=message):
+            load_space(str(f))
+
+
+@pytest.mark.parametrize("name", ["ablation", "methods", "teachers"])
+def test_the_three_campaigns_load_on_fashion_mnist(name):
+    space = load_space(name, "fashion_mnist")
+    assert len(space.seeds) >= 3 and space.variants
+    if name == "teachers":
+        assert len(space.teachers) >= 4 and {"kd", "ard", "rslad", "adaad", "smaraad",
+                                              "smaraad_pp"} <= set(space.grid["method"])
+        eps = [t.fields.get("eps_255") for t in space.teachers.values() if t.method == "pgd_at"]
+        assert max(e or 25.5 for e in eps) == 25.5  # the strongest at Fashion-MNIST's eps 0.1

@@ -51,6 +51,7 @@ class TeacherWeights:
     trial rebuilds its architecture through robustbench's zoo before loading the state_dict."""
     arch: str
     num_classes: int
+    channels: int
     mean: tuple
     std: tuple
     center: bool
@@ -65,7 +66,8 @@ class TeacherWeights:
     def of(cls, model, *, metrics: dict, path: str, name: str = "",
            label: str = "") -> "TeacherWeights":
         norm = model.normalize
-        return cls(model.arch, model.num_classes, tuple(norm.mean.flatten().tolist()),
+        return cls(model.arch, model.num_classes, model.in_channels,
+                   tuple(norm.mean.flatten().tolist()),
                    tuple(norm.std.flatten().tolist()), bool(norm.center),
                    {k: v.cpu() for k, v in model.state_dict().items()}, metrics, path,
                    tuple(getattr(model, "source", ())), name, label)
@@ -80,8 +82,8 @@ class TeacherWeights:
         if self.zoo:
             from smaraad.robustbench_teachers import rebuild
             return rebuild(self.zoo, self.state_dict)
-        model = build_model(self.arch, num_classes=self.num_classes, mean=self.mean, std=self.std,
-                            center=self.center)
+        model = build_model(self.arch, num_classes=self.num_classes, channels=self.channels,
+                            mean=self.mean, std=self.std, center=self.center)
         model.load_state_dict(self.state_dict)
         return model.eval()
 

@@ -2,62 +2,68 @@
 
     splits = load_data('embedded')            # synthetic shapes, no download (the default)
     splits = load_data('cifar10', root='data', download=True)
+    splits = load_data('fashion_mnist')       # --data-root, $SMARAAD_DATA or Debian's files
     loader = BatchLoader(splits.train, 128, shuffle=True, augment=True)
 
 The validation split is a seeded hold-out of the TRAINING set, so checkpoints and
 hyperparameters are chosen without touching the test set, which only final evaluation reads.
 """
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .cifar import CIFAR, DataError, load_cifar
-from .embedded import generate
+from .cifar import DataError
 from .loader import BatchLoader
+from .registry import DATASETS, Dataset, dataset
 
-__all__ = ['DATASETS', 'load_data', 'Splits', 'BatchLoader', 'DataError']
-
-DATASETS = ('embedded', 'cifar10', 'cifar100')
-
-EMBEDDED_CLASSES = 10   # default number of shape classes
-EMBEDDED_SIZE = 16      # default image side, pixels
-EMBEDDED_TRAIN = 5000   # default training images, validation included
-EMBEDDED_TEST = 1000    # test images
+__all__ = ['DATASETS', 'Dataset', 'dataset', 'load_data', 'Splits', 'BatchLoader', 'DataError',
+           'describe']
 
 
 @dataclass(frozen=True)
 class Splits:
-    train: tuple[Tensor, Tensor]      # (images uint8 (N,3,H,W), labels int64 (N,)), validation removed
+    train: tuple[Tensor, Tensor]      # (images uint8 (N,C,H,W), labels int64 (N,)), validation removed
     val: tuple[Tensor, Tensor]        # seeded hold-out of the TRAINING set (never from test)
     test: tuple[Tensor, Tensor]       # test split: only final evaluation touches it
     num_classes: int
-    mean: tuple[float, float, float]  # per-channel mean of the train split, [0,1] units
-    std: tuple[float, float, float]   # per-channel std of the train split, [0,1] units
+    mean: tuple[float, ...]           # per-channel mean of the train split, [0,1] units
+    std: tuple[float, ...]            # per-channel std of the train split, [0,1] units
     center: bool                      # model should subtract each image's mean colour (embedded)
     name: str
     masks: dict[str, Tensor] | None   # embedded only: split -> (N,H,W) bool object masks
     synthetic: bool
 
+    @property
+    def channels(self) -> int:
+        """Image channels (3 RGB, 1 grayscale): what a model's stem takes."""
+        return self.train[0].shape[1]
+
 
 def load_data(name: str, *, root: str | None = None, val_size: int | float = 0.1, seed: int = 0,
               download: bool = False, num_classes: int | None = None, n_train: int | None = None,
               image_size: int | None = None, data_seed: int = 0) -> Splits:
-    """Load dataset `name` and split off a validation set.
+    """Load dataset `name` (smaraad/data/registry.py) and split off a validation set.
 
     `seed` only chooses the validation split; the images themselves depend on `data_seed`
-    (embedded: the generator's seed; CIFAR: which subset `n_train` keeps), so runs that
-    differ in training seed see the same data. `val_size` is a count or a fraction of the
-    training set. num_classes / n_train / image_size override the embedded defaults; for
-    CIFAR, n_train keeps a random subset of the training set and the other two must match."""
-    if name not in DATASETS:
-        raise DataError(f'unknown dataset {name!r}; choose one of {", ".join(DATASETS)}')
+    (embedded: the generator's seed; a data set read from files: which subset `n_train` keeps),
+    so runs that differ in training seed see the same data. `val_size` is a count or a fraction
+    of the training set. num_classes / n_train / image_size override the embedded defaults; for
+    a data set read from files, n_train keeps a random subset of the training set and the other
+    two must match it."""
+    info = dataset(name)
     if n_train is not None and n_train < 2:
         raise DataError(f'n_train must be >= 2, got {n_train}')
-    if name == 'embedded':
-        train, test, train_masks, test_masks, k = _embedded(num_classes, n_train, image_size, data_seed)
+    if info.synthetic:
+        k = info.classes if num_classes is None else num_classes
+        train, test, (train_masks, test_masks) = info.load(
+            num_classes=k, n_train=info.train_images if n_train is None else n_train,
+            image_size=info.image_size if image_size is None else image_size,
+            data_seed=data_seed)
     else:
-        train, test, k = _cifar(name, root, download, num_classes, n_train, image_size, data_seed)
+        train, test, k = _from_files(info, root, download, num_classes, n_train, image_size,
+                                     data_seed)
         train_masks = test_masks = None
 
     train_idx, val_idx = _split_indices(train[1].numel(), val_size, seed)
@@ -67,36 +73,37 @@ def load_data(name: str, *, root: str | None = None, val_size: int | float = 0.1
         masks = {'train': train_masks[train_idx], 'val': train_masks[val_idx], 'test': test_masks}
     return Splits(train=(train[0][train_idx], train[1][train_idx]),
                   val=(train[0][val_idx], train[1][val_idx]), test=test, num_classes=k,
-                  mean=mean, std=std, center=name == 'embedded', name=name, masks=masks,
-                  synthetic=name == 'embedded')
+                  mean=mean, std=std, center=info.center, name=name, masks=masks,
+                  synthetic=info.synthetic)
 
 
-def _embedded(num_classes, n_train, image_size, data_seed):
-    """Train and test come from separate generator streams (2*data_seed, 2*data_seed + 1),
-    so the test set does not change with n_train."""
-    k = EMBEDDED_CLASSES if num_classes is None else num_classes
-    size = EMBEDDED_SIZE if image_size is None else image_size
-    n = EMBEDDED_TRAIN if n_train is None else n_train
-    try:
-        x, y, m = generate(n, k, size, seed=2 * data_seed)
-        tx, ty, tm = generate(EMBEDDED_TEST, k, size, seed=2 * data_seed + 1)
-    except ValueError as err:
-        raise DataError(str(err)) from err
-    return (x, y), (tx, ty), m, tm, k
+def describe(splits: Splits) -> dict:
+    """What identifies the data a run saw, for a tracking record: the name, the title, the
+    image shape, the split sizes and a digest of every split's images and labels (sha256)."""
+    h = hashlib.sha256()
+    for x, y in (splits.train, splits.val, splits.test):
+        h.update(x.contiguous().numpy().tobytes())
+        h.update(y.contiguous().numpy().tobytes())
+    info = dataset(splits.name)
+    return {'name': splits.name, 'title': info.title, 'source': info.source,
+            'shape': list(splits.train[0].shape[1:]), 'classes': splits.num_classes,
+            'sizes': {k: len(getattr(splits, k)[1]) for k in ('train', 'val', 'test')},
+            'digest': h.hexdigest()[:16]}
 
 
-def _cifar(name, root, download, num_classes, n_train, image_size, data_seed):
-    title, _, k = CIFAR[name]
-    if num_classes not in (None, k):
-        raise DataError(f'{title} has {k} classes; num_classes={num_classes} is not possible')
-    if image_size not in (None, 32):
-        raise DataError(f'{title} images are 32x32; image_size={image_size} is not supported')
-    train, test = load_cifar(name, root, download)
+def _from_files(info: Dataset, root, download, num_classes, n_train, image_size, data_seed):
+    if num_classes not in (None, info.classes):
+        raise DataError(f'{info.title} has {info.classes} classes; num_classes={num_classes} '
+                        'is not possible')
+    if image_size not in (None, info.image_size):
+        raise DataError(f'{info.title} images are {info.image_size}x{info.image_size}; '
+                        f'image_size={image_size} is not supported')
+    train, test = info.load(root, download)
     if n_train is not None and n_train < train[1].numel():
         g = torch.Generator().manual_seed(data_seed)
         keep = torch.randperm(train[1].numel(), generator=g)[:n_train].sort().values
         train = (train[0][keep], train[1][keep])
-    return train, test, k
+    return train, test, info.classes
 
 
 def _split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Tensor]:
@@ -118,8 +125,8 @@ def _split_indices(n: int, val_size: int | float, seed: int) -> tuple[Tensor, Te
 def _channel_stats(images: Tensor, chunk: int = 5000) -> tuple[tuple, tuple]:
     """Per-channel mean and std in [0,1] units, accumulated in float64 over chunks so
     that 50k CIFAR images never exist as one float copy (600 MB)."""
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros(images.shape[1], dtype=torch.float64)
     for start in range(0, images.shape[0], chunk):
         x = images[start:start + chunk].to(torch.float64) / 255
         total += x.sum(dim=(0, 2, 3))

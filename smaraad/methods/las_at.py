@@ -122,8 +122,8 @@ def heads(p: LASATParams) -> tuple[int, int, int]:
 def make_strategy(cfg, data) -> dict[str, AuxNet]:
     p = cfg.params
     arch = cfg.student if p.strategy_arch == "student" else p.strategy_arch
-    net = build_model(arch, num_classes=sum(heads(p)), mean=data.mean, std=data.std,
-                      center=data.center)
+    net = build_model(arch, num_classes=sum(heads(p)), channels=len(data.mean), mean=data.mean,
+                      std=data.std, center=data.center)
     opt = torch.optim.SGD(net.parameters(), lr=p.policy_lr, momentum=p.policy_momentum,
                           weight_decay=p.policy_weight_decay)
     points = epoch_points(p.policy_lr_at, cfg.epochs)

@@ -74,8 +74,8 @@ def make_peer(cfg, data) -> dict[str, AuxNet]:
     """The peer, built like the student and optimised with the student's recipe."""
     p = cfg.params
     arch = cfg.student if p.peer_arch == "student" else p.peer_arch
-    peer = build_model(arch, num_classes=data.num_classes, mean=data.mean, std=data.std,
-                       center=data.center)
+    peer = build_model(arch, num_classes=data.num_classes, channels=len(data.mean),
+                       mean=data.mean, std=data.std, center=data.center)
     opt, sched = sgd_schedule(peer, lr=p.peer_lr or cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay, milestones=cfg.lr_milestones,
                               epochs=cfg.epochs, decay=cfg.lr_decay)

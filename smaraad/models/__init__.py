@@ -28,12 +28,15 @@ MODELS: dict[str, Callable[..., CamNet]] = {
 }
 
 
-def build_model(name: str, *, num_classes: int = 10, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                std: Sequence[float] = (1.0, 1.0, 1.0), center: bool = False) -> CamNet:
-    """Construct a registered model; ``mean``/``std`` are the per-channel statistics of [0, 1] images."""
+def build_model(name: str, *, num_classes: int = 10, channels: int = 3,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                center: bool = False) -> CamNet:
+    """Construct a registered model whose stem takes `channels` (the data set's: 3 RGB, 1
+    grayscale); ``mean``/``std`` are the per-channel statistics of [0, 1] images (None: 0 and 1)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes, mean=mean, std=std, center=center)
+    return MODELS[name](num_classes=num_classes, channels=channels, mean=mean, std=std,
+                        center=center)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,7 +1,8 @@
 """Saving, loading and importing model weights, safely and with errors a person can act on.
 
-Our checkpoints are plain dicts {'arch', 'num_classes', 'mean', 'std', 'center', 'state_dict',
-'config', **extra} holding only tensors and plain Python types, so they always load with
+Our checkpoints are plain dicts {'arch', 'num_classes', 'channels', 'mean', 'std', 'center',
+'state_dict', 'config', **extra} ('channels', the images' channels, is absent from checkpoints
+written before grayscale data sets: those load as 3, RGB) holding only tensors and plain Python types, so they always load with
 ``torch.load(weights_only=True)``: a checkpoint never runs code.  Writes are atomic (temp
 file in the same directory, then ``os.replace``), so a crash never leaves half a file where
 a resumed run or an evaluation would find it.  Every loading failure is one CheckpointError
@@ -26,7 +27,7 @@ from . import MODELS, build_model
 from .common import CamNet
 
 REQUIRED_KEYS = ("arch", "num_classes", "mean", "std", "center", "state_dict")
-RESERVED_KEYS = REQUIRED_KEYS + ("config",)
+RESERVED_KEYS = REQUIRED_KEYS + ("config", "channels")
 # Containers that third-party files wrap their state_dict in, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "net", "model")
 # Prefixes left by nn.DataParallel / DDP ('module.') and by RobustBench-style wrappers ('model.').
@@ -60,6 +61,7 @@ def save_checkpoint(path: str | os.PathLike, model: CamNet, *, config: dict | No
     payload = {
         "arch": model.arch,
         "num_classes": model.num_classes,
+        "channels": model.in_channels,
         "mean": mean,
         "std": std,
         "center": model.normalize.center,
@@ -103,8 +105,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not isinstance(arch, str) or arch not in MODELS:
         raise CheckpointError(f"checkpoint '{path}' is for unknown arch {arch!r}; allowed: {sorted(MODELS)}")
     try:
-        model = build_model(arch, num_classes=ckpt["num_classes"], mean=ckpt["mean"], std=ckpt["std"],
-                            center=ckpt["center"])
+        model = build_model(arch, num_classes=ckpt["num_classes"], channels=ckpt.get("channels", 3),
+                            mean=ckpt["mean"], std=ckpt["std"], center=ckpt["center"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint '{path}' has invalid metadata: {err}") from err
     _load_strict(model, ckpt["state_dict"], path)
@@ -112,8 +114,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
 
 
 def import_state_dict(path: str | os.PathLike, *, arch: str, num_classes: int = 10,
-                      mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                      center: bool = False) -> CamNet:
+                      channels: int = 3, mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None, center: bool = False) -> CamNet:
     """Load third-party CIFAR weights into our ``arch``; returns the model in eval mode.
 
     Accepted layouts: a raw state_dict (TRADES), or a dict wrapping it under 'state_dict',
@@ -128,7 +130,8 @@ def import_state_dict(path: str | os.PathLike, *, arch: str, num_classes: int = 
     alias = FC_ALIASES.get(arch)
     if alias is not None:
         state_dict = {("fc." + k[len(alias):] if k.startswith(alias) else k): v for k, v in state_dict.items()}
-    model = build_model(arch, num_classes=num_classes, mean=mean, std=std, center=center)
+    model = build_model(arch, num_classes=num_classes, channels=channels, mean=mean, std=std,
+                        center=center)
     tolerated = re.compile(r"(^|\.)num_batches_tracked$|^sub_block1\.")
     _load_strict(model, state_dict, path, tolerated_missing=tolerated)
     return model.eval()

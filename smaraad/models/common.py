@@ -15,18 +15,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-IN_CHANNELS = 3  # every architecture here has an RGB stem
+IN_CHANNELS = 3  # the default stem: RGB (a grayscale data set builds its models with channels=1)
 
 
-def _as_triple(values: Sequence[float], what: str) -> tuple[float, ...]:
-    """Validate a per-channel statistic and return it as a tuple of plain floats."""
+def _per_channel(values: Sequence[float] | None, channels: int, fill: float,
+                 what: str) -> tuple[float, ...]:
+    """A per-channel statistic as a tuple of `channels` plain floats (`fill` each when None)."""
+    if values is None:
+        return (fill,) * channels
     try:
-        triple = tuple(float(v) for v in values)
+        out = tuple(float(v) for v in values)
     except TypeError as err:
-        raise ValueError(f"{what} must be a sequence of {IN_CHANNELS} numbers, got {values!r}") from err
-    if len(triple) != IN_CHANNELS:
-        raise ValueError(f"{what} must have {IN_CHANNELS} values (one per RGB channel), got {len(triple)}")
-    return triple
+        raise ValueError(f"{what} must be a sequence of {channels} numbers, got {values!r}") from err
+    if len(out) != channels:
+        raise ValueError(f"{what} must have {channels} values (one per input channel), "
+                         f"got {len(out)}")
+    return out
 
 
 class Normalize(nn.Module):
@@ -35,25 +39,28 @@ class Normalize(nn.Module):
     The statistics are buffers so they follow ``.to(device)``, but non-persistent: they are
     not in ``state_dict()``, which keeps our keys identical to third-party checkpoints (which
     would otherwise fail strict loading).  Checkpoints store them explicitly instead.
+    ``mean``/``std`` None are 0 and 1 for each of ``channels``.
 
     ``center=True`` first subtracts each image's own per-channel spatial mean.  On synthetic
     data whose classes differ by shape, the mean colour is a nuisance that kept training from
     starting; removing it inside the model keeps attacks honest (they still act on [0, 1]).
     """
 
-    def __init__(self, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 center: bool = False) -> None:
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 center: bool = False, channels: int = IN_CHANNELS) -> None:
         super().__init__()
-        mean_t, std_t = _as_triple(mean, "mean"), _as_triple(std, "std")
+        mean_t = _per_channel(mean, channels, 0.0, "mean")
+        std_t = _per_channel(std, channels, 1.0, "std")
         if min(std_t) <= 0.0:
             raise ValueError(f"std must be positive, got {std_t}")
         self.center = bool(center)
-        self.register_buffer("mean", torch.tensor(mean_t).view(1, IN_CHANNELS, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std_t).view(1, IN_CHANNELS, 1, 1), persistent=False)
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(mean_t).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std_t).view(1, channels, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != IN_CHANNELS:
-            raise ValueError(f"expected images of shape (B, {IN_CHANNELS}, H, W), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected images of shape (B, {self.channels}, H, W), got {tuple(x.shape)}")
         if self.center:
             x = x - x.mean(dim=(2, 3), keepdim=True)
         return (x - self.mean) / self.std
@@ -78,17 +85,23 @@ class CamNet(nn.Module):
 
     fc: nn.Linear
 
-    def __init__(self, arch: str, num_classes: int, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), center: bool = False) -> None:
+    def __init__(self, arch: str, num_classes: int, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, center: bool = False,
+                 channels: int = IN_CHANNELS) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.arch = arch
         self.num_classes = num_classes
-        self.normalize = Normalize(mean, std, center)
+        self.normalize = Normalize(mean, std, center, channels)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images it takes (its stem's input): 3 RGB, 1 grayscale."""
+        return self.normalize.channels
 
     def trunk(self, x: Tensor) -> Tensor:
-        """Normalised input (B, 3, H, W) -> last feature map (B, K, h, w)."""
+        """Normalised input (B, C, H, W) -> last feature map (B, K, h, w)."""
         raise NotImplementedError
 
     @property
@@ -149,7 +162,8 @@ def fold_batchnorm(model: nn.Module, *, rtol: float = 1e-4) -> nn.Module:
 
 def _same_function(a: nn.Module, b: nn.Module, rtol: float) -> bool:
     side = getattr(a, "input_size", None) or 16  # a zoo net may pool with a fixed window
-    probe = torch.rand(4, IN_CHANNELS, side, side, generator=torch.Generator().manual_seed(0),
+    channels = getattr(a, "in_channels", IN_CHANNELS)
+    probe = torch.rand(4, channels, side, side, generator=torch.Generator().manual_seed(0),
                        dtype=torch.float64)
     a64, b64 = (copy.deepcopy(m).eval().to("cpu", torch.float64) for m in (a, b))
     run = lambda m: m.forward_features(probe) if isinstance(m, CamNet) else (m(probe),)  # noqa: E731

@@ -59,10 +59,11 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(CamNet):
     """MobileNetV2 for 32x32 inputs: 2,296,922 parameters at 10 classes, last map 1280 x 4 x 4."""
 
-    def __init__(self, *, num_classes: int = 10, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), center: bool = False) -> None:
-        super().__init__("mobilenetv2", num_classes, mean, std, center)
-        self.conv1 = nn.Conv2d(3, 32, 3, stride=1, padding=1, bias=False)
+    def __init__(self, *, num_classes: int = 10, channels: int = 3,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 center: bool = False) -> None:
+        super().__init__("mobilenetv2", num_classes, mean, std, center, channels)
+        self.conv1 = nn.Conv2d(channels, 32, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(32)
         blocks, in_ch = [], 32
         for expansion, out_ch, count, first_stride in CIFAR_CFG:

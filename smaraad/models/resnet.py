@@ -44,10 +44,11 @@ def make_stage(in_ch: int, out_ch: int, blocks: int, stride: int) -> nn.Sequenti
 class ResNet18(CamNet):
     """ResNet-18 for 32x32 inputs: 11,173,962 parameters at 10 classes, last map 512 x 4 x 4."""
 
-    def __init__(self, *, num_classes: int = 10, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), center: bool = False) -> None:
-        super().__init__("resnet18", num_classes, mean, std, center)
-        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    def __init__(self, *, num_classes: int = 10, channels: int = 3,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 center: bool = False) -> None:
+        super().__init__("resnet18", num_classes, mean, std, center, channels)
+        self.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = make_stage(64, 64, 2, stride=1)    # 32x32
         self.layer2 = make_stage(64, 128, 2, stride=2)   # 16x16

@@ -23,11 +23,12 @@ def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
 class SmallCNN(CamNet):
     """Plain 4-conv student, 33,626 parameters at 10 classes; last map 64 x H/4 x W/4."""
 
-    def __init__(self, *, num_classes: int = 10, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), center: bool = False) -> None:
-        super().__init__("small_cnn", num_classes, mean, std, center)
+    def __init__(self, *, num_classes: int = 10, channels: int = 3,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 center: bool = False) -> None:
+        super().__init__("small_cnn", num_classes, mean, std, center, channels)
         self.body = nn.Sequential(
-            _conv_bn_relu(3, 16),
+            _conv_bn_relu(channels, 16),
             _conv_bn_relu(16, 32, stride=2),
             _conv_bn_relu(32, 32),
             _conv_bn_relu(32, 64, stride=2),
@@ -45,10 +46,11 @@ class SmallResNet(CamNet):
     order as WRN-34-10 / ResNet-18 (4x) and WRN / MobileNetV2 (20x).
     """
 
-    def __init__(self, *, num_classes: int = 10, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), center: bool = False) -> None:
-        super().__init__("small_resnet", num_classes, mean, std, center)
-        self.stem = _conv_bn_relu(3, 32)
+    def __init__(self, *, num_classes: int = 10, channels: int = 3,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 center: bool = False) -> None:
+        super().__init__("small_resnet", num_classes, mean, std, center, channels)
+        self.stem = _conv_bn_relu(channels, 32)
         self.stages = nn.Sequential(
             BasicBlock(32, 32, stride=1),
             BasicBlock(32, 64, stride=2),

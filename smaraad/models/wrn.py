@@ -60,14 +60,14 @@ class WideResNet(CamNet):
     """WRN-depth-widen for 32x32 inputs; depth = 6n + 4 (n blocks per stage)."""
 
     def __init__(self, arch: str, depth: int, widen: int, *, num_classes: int = 10,
-                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 center: bool = False) -> None:
-        super().__init__(arch, num_classes, mean, std, center)
+                 channels: int = 3, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, center: bool = False) -> None:
+        super().__init__(arch, num_classes, mean, std, center, channels)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
         n = (depth - 4) // 6
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
-        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.block1 = WideStage(n, widths[0], widths[1], stride=1)      # 32x32
         self.sub_block1 = WideStage(n, widths[0], widths[1], stride=1)  # unused, see module doc
         self.sub_block1.requires_grad_(False)
