@@ -135,7 +135,8 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
     per_image = {}
     for cfg in configs:
         if cfg.method not in per_image:
-            per_image[cfg.method] = step_seconds(cfg.method, cfg, cfg.teacher, entry, threads=1)
+            per_image[cfg.method] = step_seconds(cfg.method, cfg, cfg.teacher_arch, entry,
+                                                 threads=1)
     ev = eval_seconds(first, entry, threads=1)
     aa_s, aa_note = aa_seconds(aa_model, first, entry, threads=1)
     trial_eval = sum(ev[p] for p in EVAL_PASSES) * eval_n + ev["pgd50_masking"] * min(256, eval_n) \
@@ -143,7 +144,7 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
     trials = [per_image[c.method] * images * c.epochs + ev["val"] * val * c.epochs + trial_eval
               for c in configs for _ in range(seeds)]
     teacher_cfg = preset_config({"dataset": data_name, "method": "pgd_at",
-                                 "student": first.teacher})
+                                 "student": first.teacher_arch})
     teacher_s = step_seconds("pgd_at", teacher_cfg, None, entry, threads=2) * images
     n_teachers = max(1, len(space.teachers))
     teacher_epochs = teacher_cfg.epochs
@@ -151,7 +152,7 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
     wall = RAY_START_S + teachers + sum(trials) / CONCURRENCY
     log(f"\n{space_name} on {data_name}: {len(trials)} trials ({len(configs)} variants x {seeds} "
         f"seeds), {images} training images x {first.epochs} epochs, student {first.student}, "
-        f"teacher {first.teacher}, {first.attack_steps}-step attack, eval n={eval_n}, AA n={aa_n}")
+        f"teacher {first.teacher_arch}, {first.attack_steps}-step attack, eval n={eval_n}, AA n={aa_n}")
     for method, s in per_image.items():
         log(f"  training step {method:<11} {s * 1e3:7.2f} ms/image (1 thread)")
     log(f"  validation {ev['val'] * 1e3:.2f} ms/image; final evaluation "
