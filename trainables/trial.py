@@ -31,6 +31,7 @@ from smaraad.teacher_specs import TEACHER_KEY
 from smaraad.evaluation import evaluate_suite
 from smaraad.models import build_model
 from smaraad.trainer import fit, resolve_device, training_precision
+from trainables.datasets import dataset_inputs
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
@@ -144,6 +145,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.set_tags({"smaraad.training_precision": training_precision(cfg), **node_tags()})
         if resume is None:
             run.log_dict(cfg.to_flat(), "config.json")
+            log_dataset(run, cfg, setup.data)
             if chosen:
                 run.log_metrics(chosen.metrics, step=0)
         natural = setup.natural_teacher.build() if setup.natural_teacher else None
@@ -174,6 +176,14 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
         run.finish("FAILED")
         raise
+
+
+def log_dataset(run: TrialRun, cfg: TrainConfig, data: Splits) -> None:
+    """The trial's train / validation / test splits as the run's MLflow dataset inputs."""
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    run.log_inputs(dataset_inputs(splits, cfg.dataset, {
+        "data_root": cfg.data_root, "train_size": str(cfg.train_size),
+        "val_size": str(cfg.val_size), "split_seed": str(cfg.split_seed)}))
 
 
 def node_tags() -> dict[str, str]:
