@@ -13,12 +13,18 @@ A method's auxiliary networks (smaraad/methods/base.py, `AuxNet`) are trained he
 evaluated or returned: an auxiliary term "<aux>/<term>" is logged as `train/<aux>/loss_<term>`
 and is not part of `train/loss`.
 
+The state also holds the best-on-validation weights so far (`BestState`, under "best"): with
+robust overfitting the last epoch is not the most robust one, so callers keep both.
+
 This module never imports Ray or MLflow: trainables/ adapts `report` to them.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from copy import deepcopy
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -38,6 +44,50 @@ VAL_STEP_255 = 2.0  # validation PGD uses the evaluation convention, step 2/255
 
 class DivergedError(RuntimeError):
     """The loss became NaN or infinite: the run cannot continue."""
+
+
+@dataclass
+class BestState:
+    """The weights of the epoch with the highest validation `metric` (MAIR's `save_best` rule
+    on one metric), kept beside the last ones.
+
+    Ties go to the later epoch (`>=`, decision): under a decaying learning rate the later of two
+    equally robust weights is the more converged, and a flat validation curve then gives best =
+    last, so the two differ only where the metric really fell (robust overfitting). The weights
+    are a copy on the model's device; `state_dict` / `load_state_dict` make it part of fit's
+    resumable state, so a resumed run keeps the best of its earlier epochs.
+    """
+    metric: str = "val/pgd_acc"
+    epoch: int = 0                  # 0 = no epoch validated yet
+    score: float = -math.inf
+    model: dict = field(default_factory=dict)
+
+    def offer(self, epoch: int, metrics: dict, model: nn.Module) -> bool:
+        """Keep `model`'s weights if this epoch's metric ties or beats the best; True if kept."""
+        score = metrics[self.metric]
+        if score < self.score:
+            return False
+        self.epoch, self.score = epoch, float(score)
+        self.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
+
+    def model_like(self, model: nn.Module) -> nn.Module | None:
+        """A copy of `model` holding the best weights, in eval mode (None before any epoch)."""
+        if not self.epoch:
+            return None
+        copy = deepcopy(model)
+        copy.load_state_dict(self.model)
+        return copy.eval()
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "epoch": self.epoch, "score": self.score,
+                "model": self.model}
+
+    def load_state_dict(self, saved: dict) -> None:
+        if saved["metric"] != self.metric:
+            raise ConfigError(f"resume: the state kept its best weights by {saved['metric']}, "
+                              f"this run by {self.metric}")
+        self.epoch, self.score, self.model = saved["epoch"], saved["score"], dict(saved["model"])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,7 +159,10 @@ def validate(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.dev
 def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | None = None,
         report: Report | None = None, resume: dict | None = None,
         log: Callable[[str], None] | None = print,
-        natural_teacher: nn.Module | None = None) -> tuple[nn.Module, dict]:
+        natural_teacher: nn.Module | None = None,
+        best: BestState | None = None) -> tuple[nn.Module, dict]:
+    """Train `cfg`; return the last epoch's model (eval mode) and metrics. `best`, if given,
+    receives the best-on-validation weights (a resumed run restores it from `resume`)."""
     spec = METHODS[cfg.method]
     if spec.needs_teacher and teacher is None:
         raise ConfigError(f"method {cfg.method!r} distils from a teacher, and none was given")
@@ -137,6 +190,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
     loader = BatchLoader(data.train, cfg.batch_size, shuffle=True, augment=True, generator=gen,
                          device=device)
     start, metrics = 0, {}
+    best = best if best is not None else BestState()
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
@@ -147,6 +201,8 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
         start, metrics = resume["epoch"], dict(resume.get("metrics", {}))
         restore_aux(aux, resume.get("aux", {}))
+        if "best" in resume:  # a state written before the best weights were kept has none
+            best.load_state_dict(resume["best"])
 
     ctx = Context(student=model, teacher=teacher if spec.needs_teacher else None,
                   params=cfg.params, eps=from_255(cfg.eps_255), step=from_255(cfg.step_255),
@@ -186,9 +242,10 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
                    **{k: (v / seen).item() for k, v in sums.items()},
                    **validate(model, data, cfg, device),
                    "time/epoch_s": time.perf_counter() - t0}
+        best.offer(epoch + 1, metrics, model)
         state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "metrics": metrics, "config": cfg.to_flat(),
-                 "method_state": ctx.state, "aux": aux_state(aux),
+                 "method_state": ctx.state, "aux": aux_state(aux), "best": best.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state(),
                          **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {})}}
         if log:
