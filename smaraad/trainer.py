@@ -3,8 +3,9 @@
 `fit(cfg, teacher=..., report=...)` trains and returns (model, last metrics). After every epoch it
 calls `report(metrics, state)`: metrics are `epoch`, `lr`, `train/loss`, `train/loss_<term>` per named
 term, `val/clean_acc`, `val/pgd_acc` (fractions, on the validation split held out of the training
-set); state is everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch,
-the method's state and its auxiliary networks with their optimisers and schedules), made of
+set), `time/epoch_s` and `time/train_s` (the run's seconds so far, validation included); state is
+everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch, the method's
+state and its auxiliary networks with their optimisers and schedules), made of
 tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
 state as `resume=` continues the run as if it had never stopped. The state holds the live tensors
 (no copy per epoch): save it inside the callback.
@@ -238,10 +239,12 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             seen += n
         for scheduler in (sched, *(net.scheduler for net in aux.values() if net.scheduler)):
             scheduler.step()
+        trained = metrics.get("time/train_s", 0.0)  # earlier epochs', a resumed run's included
         metrics = {"epoch": epoch + 1, "lr": lr,
                    **{k: (v / seen).item() for k, v in sums.items()},
                    **validate(model, data, cfg, device),
                    "time/epoch_s": time.perf_counter() - t0}
+        metrics["time/train_s"] = trained + metrics["time/epoch_s"]
         best.offer(epoch + 1, metrics, model)
         state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "metrics": metrics, "config": cfg.to_flat(),
