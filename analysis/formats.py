@@ -39,6 +39,8 @@ from pathlib import Path
 import jsonschema
 import pandas as pd
 
+from smaraad.methods import METHODS
+
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 THREAT_MODEL = "Linf"  # every attack of the registry is L_inf
 AA_SET = "standard"    # the suite's AutoAttack version (smaraad/metrics.py AttackContext)
@@ -89,7 +91,7 @@ def model_info(trial: pd.Series, *, experiment: str, parent_tags: dict) -> dict:
     n = _count(_metric(trial, "n"))
     aa_n = _count(_metric(trial, "aa/n")) or (n if aa is not None else None)
     flags = trial.get("flags") or "none"
-    teacher = trial.get("params.teacher") or "none"
+    teacher = _teacher(trial)
     notes = [f"{trial['variant']} from teacher {teacher}, seed {trial['seed']}",
              f"test accuracy on {n} images" + (f", AutoAttack on the first {aa_n}" if aa_n else
                                                  ", no AutoAttack")]
@@ -110,6 +112,15 @@ def model_info(trial: pd.Series, *, experiment: str, parent_tags: dict) -> dict:
     }
     validate(info, "model_info")
     return info
+
+
+def _teacher(trial: pd.Series) -> str:
+    """The trial's teacher as it logged it, "none" for a method that distils from none (the
+    experiment's teacher is still in its params)."""
+    spec = METHODS.get(trial.get("params.method", ""))
+    if spec is not None and not (spec.needs_teacher or spec.needs_natural_teacher):
+        return "none"
+    return str(trial.get("params.teacher") or "none")
 
 
 def _installed() -> str:
@@ -168,7 +179,7 @@ def _protocol(trial: pd.Series) -> dict:
     aa = _metric(trial, "test/aa_acc") is not None
     return {"threat_model": THREAT_MODEL, "eps": eps_string(float(trial.get("params.eps_255", 8.0))),
             "n": n, "aa_n": _count(_metric(trial, "aa/n")) or (n if aa else None),
-            "teacher": str(trial.get("params.teacher") or "none"),
+            "teacher": _teacher(trial),
             "student": str(trial.get("params.student", ""))}
 
 
