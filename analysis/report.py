@@ -10,10 +10,15 @@ one write analysis/ makes to MLflow).
     ablation (kind ablate): table.{md,csv,tex}, stats.{md,csv} (paired differences against
       sm_align or smaraad), fig4_ablation.png, fig2_cams.png (teacher artifact logged); with
       several teachers also fig1_student_vs_teacher.png, teacher_slopes.{md,csv} (each method's
-      slope of student on teacher robustness, 95% CI) and table_by_teacher.md
+      slope of student on teacher robustness, 95% CI) and table_by_teacher.md; verdicts.{md,csv,
+      json}: the paper's claims it speaks to (Table 3, Figure 4, Figure 1), each "holds",
+      "reversed" or "not resolved at this n" with its 95% interval
     tuning (kind tune): table.{md,csv,tex} (one row per finished trial), tune_history.png,
       tune_importance.png (>= 2 trials, a varying parameter), tune_asha_curves.png,
       tune_pareto.png, fig2_cams.png (the best trial's student)
+    both: model_info/<trial id>.json (RobustBench's format, one per finished trial) and
+      benchmark.json (FastAT's layout: data set -> method -> seeds, mean, std), under
+      report/model_info/ and report/ in MLflow
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from analysis import figures, stats, tables, teachers
+from analysis import figures, formats, stats, tables, teachers, verdicts
 from analysis.runs import RunsTable, load_runs
 from smaraad.attacks import from_255
 from smaraad.cli import Parser, run
@@ -35,7 +40,8 @@ CAM_IMAGES = 4  # test images in the CAM figure: enough to see a pattern, small 
 
 
 def report_experiment(experiment: str, *, tracking_uri: str | None = None, out: str,
-                      log: Callable[[str], None] = print, ci: str = "t") -> list[str]:
+                      log: Callable[[str], None] = print, ci: str = "t",
+                      flat_margin: float = 0.0) -> list[str]:
     """Write the report of `experiment` into `out`; return the paths written (UserError if the
     experiment cannot be read or has no finished trial)."""
     writable_dir(out, "--out")  # before MLflow is read: a bad --out fails in a second
@@ -60,13 +66,15 @@ def report_experiment(experiment: str, *, tracking_uri: str | None = None, out: 
         picks = [(f"best {best.trial_id}", best.run_id)]
     else:
         written += _ablation_outputs(runs, summary, folder, log, ci)
+        written += _verdict_outputs(runs.finished, folder, log, ci, flat_margin)
         first = done.sort_values("seed").drop_duplicates("variant")  # lowest seed per variant
         picks = [(f"{r.variant} (seed {r.seed})", r.run_id) for r in first.itertuples()]
     written.append(_cams(runs, picks, str(folder / "fig2_cams.png"), log))
 
-    written = [p for p in written if p]
+    written = [p for p in written if p] + _formats(runs, folder, log)
     for path in written:
-        runs.client.log_artifact(runs.parent_id, path, "report")
+        sub = Path(path).parent.relative_to(folder).as_posix()
+        runs.client.log_artifact(runs.parent_id, path, "report" if sub == "." else f"report/{sub}")
     log(f"report: {len(written)} file(s) in {folder}, logged to MLflow run {runs.parent_id} "
         "under report/")
     return written
@@ -98,6 +106,43 @@ def _ablation_outputs(runs: RunsTable, summary, folder: Path, log, ci: str) -> l
         log("no student-vs-teacher figure: every trial distilled from the same teacher")
         return out
     return out + [fig1] + _teacher_outputs(done, folder, log)
+
+
+def _verdict_outputs(done, folder: Path, log, ci: str, flat_margin: float) -> list:
+    """The paper's claims this experiment speaks to, judged (analysis/verdicts.py)."""
+    table = verdicts.verdicts(done, method=ci, flat_margin=flat_margin)
+    if table.empty:
+        log("no verdicts: the experiment compares none of the paper's claims (Table 3, "
+            "Figure 4, Figure 1)")
+        return []
+    text = verdicts.to_markdown(table)
+    table.to_csv(folder / "verdicts.csv", index=False, float_format="%.6g")
+    log("the paper's claims, judged from 95% intervals:")
+    log(text)
+    return [_write(folder / "verdicts.md", text), str(folder / "verdicts.csv"),
+            formats.write_json(folder / "verdicts.json",
+                               {"verdicts": _records(table), "ci": ci,
+                                "flat_margin": flat_margin})]
+
+
+def _records(table) -> list[dict]:
+    """Rows as JSON-ready dicts (NaN -> null)."""
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+            for row in table.astype(object).to_dict("records")]
+
+
+def _formats(runs: RunsTable, folder: Path, log) -> list:
+    """RobustBench model_info per finished trial, the FastAT-style benchmark of the experiment."""
+    done = runs.finished
+    out = [formats.write_json(folder / "model_info" / f"{trial['trial_id']}.json",
+                              formats.model_info(trial, experiment=runs.experiment,
+                                                 parent_tags=runs.parent_tags))
+           for _, trial in done.iterrows()]
+    out.append(formats.write_json(folder / "benchmark.json",
+                                  formats.benchmark(done, tune=runs.kind == "tune")))
+    log(f"formats: {len(out) - 1} RobustBench model_info file(s) in {folder / 'model_info'}, "
+        f"benchmark.json (data set -> method -> seeds, mean, std)")
+    return out
 
 
 def _teacher_outputs(done, folder: Path, log) -> list:
@@ -189,9 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default: reports/<experiment>)")
     p.add_argument("--ci", choices=("t", "bootstrap"), default="t",
                    help="confidence intervals of the paired differences (default: t)")
+    p.add_argument("--flat-margin", type=float, default=0.0, metavar="SLOPE",
+                   help="Figure 1's verdict for KL methods: 'no more robust student' holds when "
+                        "the slope's interval lies below this (default 0: clearly negative)")
     args = p.parse_args(argv)
     report_experiment(args.experiment, tracking_uri=args.tracking_uri,
-                      out=args.out or f"reports/{args.experiment}", ci=args.ci)
+                      out=args.out or f"reports/{args.experiment}", ci=args.ci,
+                      flat_margin=args.flat_margin)
     return 0
 
 

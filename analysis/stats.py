@@ -49,11 +49,12 @@ def interval(d: np.ndarray, *, method: str = "t", level: float = 0.95, n_boot: i
 
 def paired_differences(trials: pd.DataFrame, reference: str, *, by: str = "variant",
                        method: str = "t", level: float = 0.95, n_boot: int = 10_000,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, pair_on: str | list[str] = "seed") -> pd.DataFrame:
     """variant - reference per seed, for every other variant and every attack metric logged.
 
     Columns: variant, reference, metric, title, n_pairs, mean_diff, ci_low, ci_high, real (the
-    interval excludes 0). Runs are paired by their seed; a seed missing on either side is dropped.
+    interval excludes 0). Runs are paired by their seed (or by the `pair_on` columns, e.g. seed and
+    teacher when the teacher varies too); a pair missing on either side is dropped.
     """
     rows = []
     variants = [v for v in dict.fromkeys(trials[by]) if v != reference]
@@ -63,7 +64,7 @@ def paired_differences(trials: pd.DataFrame, reference: str, *, by: str = "varia
         if column not in trials.columns:
             continue
         # seed x variant; a repeated (variant, seed) pair is averaged
-        wide = trials.pivot_table(index="seed", columns=by, values=column, aggfunc="mean")
+        wide = trials.pivot_table(index=pair_on, columns=by, values=column, aggfunc="mean")
         if reference not in wide.columns:
             continue
         for v in variants:

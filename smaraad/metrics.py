@@ -194,9 +194,27 @@ def transfer_keys() -> dict[str, str]:
     return {m.key("blackbox/"): transfer(m).key() for m in REGISTRY.values() if m.blackbox}
 
 
+BEST_OF = ("clean", "pgd20")  # scored again on the best-on-validation weights (robust overfitting)
+# The epoch of those weights: logged as `test/best_epoch`, kept out of the tables (not a score)
+BEST_EPOCH = Metric("best_epoch", "Best epoch", field="best_epoch", percent=False, summary=False,
+                    words="epoch of the best validation PGD accuracy")
+
+
+def best(m: Metric) -> Metric:
+    """`m` measured on the best-on-validation checkpoint rather than the last one: a trial logs
+    it as `test/best_<field>` (smaraad/trainer.py's `BestState` chooses the checkpoint)."""
+    return Metric(f"best_{m.name}", f"Best-val {m.title}", field=f"best_{m.field}",
+                  words=f"{m.words} (best-val checkpoint)")
+
+
+def best_metrics() -> list[Metric]:
+    return [best(REGISTRY[n]) for n in BEST_OF]
+
+
 def summary_metrics() -> list[Metric]:
-    """The columns of the summary and report tables: the registry's, then the transfer forms."""
-    return [m for m in REGISTRY.values() if m.summary] + transfer_metrics()
+    """The columns of the summary and report tables: the registry's, then the transfer forms,
+    then the best-on-validation checkpoint's."""
+    return [m for m in REGISTRY.values() if m.summary] + transfer_metrics() + best_metrics()
 
 
 def headline_keys(prefix: str = "test/") -> list[str]:
@@ -208,4 +226,5 @@ def by_key(key: str) -> Metric | None:
     if key in VALIDATION:
         return VALIDATION[key]
     field = key.split("/", 1)[-1]
-    return next((m for m in [*REGISTRY.values(), *transfer_metrics()] if m.field == field), None)
+    return next((m for m in [*REGISTRY.values(), *transfer_metrics(), *best_metrics(), BEST_EPOCH]
+                 if m.field == field), None)

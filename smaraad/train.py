@@ -1,4 +1,5 @@
-"""`python -m smaraad.train`: train one configuration and write DIR/metrics.json, DIR/checkpoint.pt.
+"""`python -m smaraad.train`: train one configuration and write DIR/metrics.json, DIR/checkpoint.pt
+(the last epoch's weights) and DIR/best.pt (the epoch of highest validation PGD accuracy).
 
 With no options it trains (or reuses from the cache) a small PGD-AT teacher on the embedded data
 set, then distils it into a small student with SmaraAD++ -- a laptop run of a few minutes on 2 CPU
@@ -26,7 +27,7 @@ from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
 from smaraad.options import RunOptions, add_run_options, check_teacher, run_options
 from smaraad.paths import folder_or_absent, writable_dir
-from smaraad.trainer import fit, load_splits, training_precision
+from smaraad.trainer import BestState, fit, load_splits, training_precision
 
 
 def parser() -> Parser:
@@ -89,10 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"training {cfg.student} with {cfg.method} on {cfg.dataset} "
           f"({len(data.train[1])} train / {len(data.val[1])} val images, {cfg.epochs} epochs, "
           f"{training_precision(cfg)})")
+    best = BestState()
     model, metrics = fit(cfg, teacher=teacher, natural_teacher=natural, data=data, resume=resume,
-                         report=lambda m, state: save_torch(state_file, state))
-    save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat(),
-                    extra={"teacher": record} if teacher is not None else None)
+                         report=lambda m, state: save_torch(state_file, state), best=best)
+    extra = {"teacher": record} if teacher is not None else {}
+    save_checkpoint(out / "checkpoint.pt", model, config=cfg.to_flat(), extra=extra or None)
+    best_model = best.model_like(model)
+    if best_model is not None:
+        save_checkpoint(out / "best.pt", best_model, config=cfg.to_flat(),
+                        extra={**extra, "best": best.record()})
+        summary["best"] = best.record()
     if attacks:
         from smaraad.evaluate import evaluate_checkpoint
         final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=eval_n,
@@ -105,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             if "aa/n" in final else "") + "): "
               + "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items() if k.startswith("test/")))
     save_json(out / "metrics.json", {**metrics, **summary})
-    print(f"wrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'checkpoint.pt'}"
+          + (f" and {out / 'best.pt'} (epoch {best.epoch})" if best_model is not None else ""))
     return 0
 
 

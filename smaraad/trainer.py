@@ -3,8 +3,9 @@
 `fit(cfg, teacher=..., report=...)` trains and returns (model, last metrics). After every epoch it
 calls `report(metrics, state)`: metrics are `epoch`, `lr`, `train/loss`, `train/loss_<term>` per named
 term, `val/clean_acc`, `val/pgd_acc` (fractions, on the validation split held out of the training
-set); state is everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch,
-the method's state and its auxiliary networks with their optimisers and schedules), made of
+set), `time/epoch_s` and `time/train_s` (the run's seconds so far, validation included); state is
+everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch, the method's
+state and its auxiliary networks with their optimisers and schedules), made of
 tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
 state as `resume=` continues the run as if it had never stopped. The state holds the live tensors
 (no copy per epoch): save it inside the callback.
@@ -13,12 +14,18 @@ A method's auxiliary networks (smaraad/methods/base.py, `AuxNet`) are trained he
 evaluated or returned: an auxiliary term "<aux>/<term>" is logged as `train/<aux>/loss_<term>`
 and is not part of `train/loss`.
 
+The state also holds the best-on-validation weights so far (`BestState`, under "best"): with
+robust overfitting the last epoch is not the most robust one, so callers keep both.
+
 This module never imports Ray or MLflow: trainables/ adapts `report` to them.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from copy import deepcopy
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -40,6 +47,54 @@ VAL_STEP_OF_EPS = 0.25  # validation PGD's step: the evaluation's convention, ep
 
 class DivergedError(RuntimeError):
     """The loss became NaN or infinite: the run cannot continue."""
+
+
+@dataclass
+class BestState:
+    """The weights of the epoch with the highest validation `metric` (MAIR's `save_best` rule
+    on one metric), kept beside the last ones.
+
+    Ties go to the later epoch (`>=`, decision): under a decaying learning rate the later of two
+    equally robust weights is the more converged, and a flat validation curve then gives best =
+    last, so the two differ only where the metric really fell (robust overfitting). The weights
+    are a copy on the model's device; `state_dict` / `load_state_dict` make it part of fit's
+    resumable state, so a resumed run keeps the best of its earlier epochs.
+    """
+    metric: str = "val/pgd_acc"
+    epoch: int = 0                  # 0 = no epoch validated yet
+    score: float = -math.inf
+    model: dict = field(default_factory=dict)
+
+    def offer(self, epoch: int, metrics: dict, model: nn.Module) -> bool:
+        """Keep `model`'s weights if this epoch's metric ties or beats the best; True if kept."""
+        score = metrics[self.metric]
+        if score < self.score:
+            return False
+        self.epoch, self.score = epoch, float(score)
+        self.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
+
+    def record(self) -> dict:
+        """What a checkpoint and metrics.json say of it: epoch, metric and score."""
+        return {"epoch": self.epoch, "metric": self.metric, "score": self.score}
+
+    def model_like(self, model: nn.Module) -> nn.Module | None:
+        """A copy of `model` holding the best weights, in eval mode (None before any epoch)."""
+        if not self.epoch:
+            return None
+        copy = deepcopy(model)
+        copy.load_state_dict(self.model)
+        return copy.eval()
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "epoch": self.epoch, "score": self.score,
+                "model": self.model}
+
+    def load_state_dict(self, saved: dict) -> None:
+        if saved["metric"] != self.metric:
+            raise ConfigError(f"resume: the state kept its best weights by {saved['metric']}, "
+                              f"this run by {self.metric}")
+        self.epoch, self.score, self.model = saved["epoch"], saved["score"], dict(saved["model"])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +167,10 @@ def validate(model: nn.Module, data: Splits, cfg: TrainConfig, device: torch.dev
 def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | None = None,
         report: Report | None = None, resume: dict | None = None,
         log: Callable[[str], None] | None = print,
-        natural_teacher: nn.Module | None = None) -> tuple[nn.Module, dict]:
+        natural_teacher: nn.Module | None = None,
+        best: BestState | None = None) -> tuple[nn.Module, dict]:
+    """Train `cfg`; return the last epoch's model (eval mode) and metrics. `best`, if given,
+    receives the best-on-validation weights (a resumed run restores it from `resume`)."""
     spec = METHODS[cfg.method]
     if spec.needs_teacher and teacher is None:
         raise ConfigError(f"method {cfg.method!r} distils from a teacher, and none was given")
@@ -140,6 +198,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
     loader = BatchLoader(data.train, cfg.batch_size, shuffle=True, augment=True, generator=gen,
                          device=device)
     start, metrics = 0, {}
+    best = best if best is not None else BestState()
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
@@ -150,6 +209,8 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
         start, metrics = resume["epoch"], dict(resume.get("metrics", {}))
         restore_aux(aux, resume.get("aux", {}))
+        if "best" in resume:  # a state written before the best weights were kept has none
+            best.load_state_dict(resume["best"])
 
     ctx = Context(student=model, teacher=teacher if spec.needs_teacher else None,
                   params=cfg.params, eps=from_255(cfg.eps_255), step=from_255(cfg.step_255),
@@ -185,13 +246,16 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             seen += n
         for scheduler in (sched, *(net.scheduler for net in aux.values() if net.scheduler)):
             scheduler.step()
+        trained = metrics.get("time/train_s", 0.0)  # earlier epochs', a resumed run's included
         metrics = {"epoch": epoch + 1, "lr": lr,
                    **{k: (v / seen).item() for k, v in sums.items()},
                    **validate(model, data, cfg, device),
                    "time/epoch_s": time.perf_counter() - t0}
+        metrics["time/train_s"] = trained + metrics["time/epoch_s"]
+        best.offer(epoch + 1, metrics, model)
         state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "metrics": metrics, "config": cfg.to_flat(),
-                 "method_state": ctx.state, "aux": aux_state(aux),
+                 "method_state": ctx.state, "aux": aux_state(aux), "best": best.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "loader": gen.get_state(),
                          **({"cuda": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {})}}
         if log:

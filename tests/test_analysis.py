@@ -216,28 +216,43 @@ def _readable_png(path):
     assert image[..., :3].std() > 0.01  # not blank
 
 
+def _names(paths) -> list[str]:
+    """Report files by name, model_info files as model_info/<name>."""
+    return sorted("/".join(p.split("/")[-2:]) if "/model_info/" in p else p.rsplit("/", 1)[1]
+                  for p in paths)
+
+
+def _model_infos(runs) -> list[str]:
+    return [f"model_info/{t}.json" for t in runs.finished["trial_id"]]
+
+
 def test_ablation_report_writes_tables_stats_and_figures(store, ablation_report):
     paths, log = ablation_report
-    names = sorted(p.rsplit("/", 1)[1] for p in paths)
-    assert names == ["fig2_cams.png", "fig4_ablation.png", "stats.csv", "stats.md", "table.csv",
-                     "table.md", "table.tex"]
+    runs = load_runs("ablation-1", store.uri)
+    names = _names(paths)
+    assert names == sorted(["benchmark.json", "fig2_cams.png", "fig4_ablation.png", "stats.csv",
+                            "stats.md", "table.csv", "table.md", "table.tex", "verdicts.csv",
+                            "verdicts.json", "verdicts.md", *_model_infos(runs)])
     for p in paths:
         if p.endswith(".png"):
             _readable_png(p)
     assert "| kd | sm_align | PGD-20 | 3 | -10.00 pp |" in log
     assert "no student-vs-teacher figure" in log  # a single teacher
-    logged = [f.path for f in store.c.list_artifacts(load_runs("ablation-1", store.uri).parent_id,
-                                                     "report")]
-    assert sorted(p.rsplit("/", 1)[1] for p in logged) == names
+    # Figure 4's verdicts: sm_align - kd on PGD-20 is +10 pp in every seed
+    assert "| Figure 4 | sm_align - kd | PGD-20 | 3 | +10.00 pp |" in log
+    top = [f.path for f in store.c.list_artifacts(runs.parent_id, "report") if not f.is_dir]
+    infos = [f.path for f in store.c.list_artifacts(runs.parent_id, "report/model_info")]
+    assert _names(top + infos) == names
 
 
 def test_tune_report_figures_and_importance(store, tmp_path):
     lines = []
     paths = report_experiment("gamma_alpha-1", tracking_uri=store.uri, out=str(tmp_path),
                               log=lines.append)
-    names = sorted(p.rsplit("/", 1)[1] for p in paths)
-    assert names == ["fig2_cams.png", "table.csv", "table.md", "table.tex", "tune_asha_curves.png",
-                     "tune_history.png", "tune_importance.png", "tune_pareto.png"]
+    assert _names(paths) == sorted(
+        ["benchmark.json", "fig2_cams.png", "table.csv", "table.md", "table.tex",
+         "tune_asha_curves.png", "tune_history.png", "tune_importance.png", "tune_pareto.png",
+         *_model_infos(load_runs("gamma_alpha-1", store.uri))])
     for p in paths:
         if p.endswith(".png"):
             _readable_png(p)

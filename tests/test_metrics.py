@@ -38,8 +38,11 @@ def test_the_registry_says_what_the_paper_reports():
                                         ("clean", "cw"), ("cw", "aa")}
     assert metrics.by_key("test/cam_dist").higher_is_better is False
     columns = [m.column for m in metrics.summary_metrics()]
-    assert columns[-3:] == ["CAM dist. (lower is better)", "Transfer PGD-20 (%)",
-                            "Transfer CW-inf (%)"]  # the black-box metrics' transfer forms last
+    assert columns[-5:] == ["CAM dist. (lower is better)", "Transfer PGD-20 (%)",
+                            "Transfer CW-inf (%)", "Best-val Clean (%)", "Best-val PGD-20 (%)"]
+    # the black-box metrics' transfer forms, then the best-on-validation checkpoint's scores
+    assert metrics.by_key("test/best_pgd20_acc").title == "Best-val PGD-20"
+    assert metrics.by_key("test/best_epoch").summary is False
     assert metrics.transfer_keys() == {"blackbox/pgd20_acc": "test/transfer_pgd20_acc",
                                        "blackbox/cw_acc": "test/transfer_cw_acc"}
 

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,7 +82,12 @@ def test_runs_and_report_artifacts_through_the_rest_api(store, server, reported)
     listed = json.loads(_get(server, "/api/2.0/mlflow/artifacts/list",
                              run_id=runs.parent_id, path="report"))
     names = sorted(f["path"] for f in listed["files"])
-    assert names == sorted(f"report/{p.rsplit('/', 1)[1]}" for p in written)
+    infos = [p for p in written if "/model_info/" in p]  # a folder of one file per trial
+    assert names == sorted([*(f"report/{p.rsplit('/', 1)[1]}" for p in written if p not in infos),
+                            "report/model_info"])
+    listed = json.loads(_get(server, "/api/2.0/mlflow/artifacts/list",
+                             run_id=runs.parent_id, path="report/model_info"))
+    assert len(listed["files"]) == len(infos) == 11
     table = _get(server, "/get-artifact", run_id=runs.parent_id, path="report/table.md")
     assert table == (tmp_path / "table.md").read_bytes()
     png = _get(server, "/get-artifact", run_id=runs.parent_id, path="report/fig4_ablation.png")
@@ -131,5 +137,6 @@ def test_report_through_the_server(store, server, tmp_path):  # noqa: F811
     parent = load_runs("gamma_alpha-1", store.uri).parent_id
     listed = json.loads(_get(server, "/api/2.0/mlflow/artifacts/list", run_id=parent,
                              path="report"))
-    assert {f["path"] for f in listed["files"]} >= {f"report/{p.rsplit('/', 1)[1]}"
-                                                   for p in written}
+    # each file, or the model_info/ folder holding it
+    assert {f["path"] for f in listed["files"]} >= {
+        f"report/{Path(p).relative_to(tmp_path).parts[0]}" for p in written}

@@ -76,7 +76,16 @@ def test_smoke_ablate_leaves_a_parent_with_its_trials(workdir, capsys):
         terms = [k for k in run.data.metrics if k.startswith("train/loss_")]
         assert "train/loss_const" in terms
         artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
-        assert {"config.json", "student.pt"} <= artifacts
+        assert {"config.json", "student.pt", "best.pt"} <= artifacts
+        # the best-on-validation weights are scored too, on the same test images
+        assert run.data.metrics["test/best_epoch"] in (1, 2)
+        assert 0 <= run.data.metrics["test/best_pgd20_acc"] <= run.data.metrics[
+            "test/best_clean_acc"] <= 1
+        if run.data.metrics["test/best_epoch"] == 2:  # best = last: the same weights, same scores
+            assert run.data.metrics["test/best_pgd20_acc"] == run.data.metrics["test/pgd20_acc"]
+        assert run.data.metrics["time/train_s"] > 0 and run.data.metrics["memory/peak_mb"] > 0
+        inputs = run.inputs.dataset_inputs  # the UI's Dataset column: one per split
+        assert sorted(i.dataset.name for i in inputs) == ["embedded"] * 3
 
 
 def test_smoke_tune_starts_from_the_papers_values(workdir):

@@ -10,7 +10,7 @@ from smaraad import train, trainer
 from smaraad.config import preset_config
 from smaraad.data import load_data
 from smaraad.models import build_model, load_checkpoint, save_checkpoint
-from smaraad.trainer import fit, load_splits
+from smaraad.trainer import BestState, fit, load_splits
 
 TINY = {"epochs": 2, "train_size": 400, "val_size": 100, "batch_size": 100, "attack_steps": 1,
         "val_pgd_steps": 2}
@@ -47,6 +47,41 @@ def test_resuming_from_the_reported_state_continues_the_same_run(teacher, tmp_pa
     resumed, _ = fit(cfg, teacher=teacher, resume=state, log=None)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_best_state_keeps_the_highest_validation_epoch_and_ties_go_later():
+    model = build_model("small_cnn")
+    best = BestState()
+    kept = []
+    for epoch, score in enumerate([0.30, 0.50, 0.40, 0.50, 0.20], start=1):
+        with torch.no_grad():
+            model.fc.bias.fill_(epoch)  # each epoch's weights are recognisable
+        kept.append(best.offer(epoch, {"val/pgd_acc": score}, model))
+    assert kept == [True, True, False, True, False]
+    assert (best.epoch, best.score) == (4, 0.50)  # the tie at 0.50: the later epoch
+    assert torch.all(best.model["fc.bias"] == 4) and torch.all(model.fc.bias == 5)
+    assert torch.all(best.model_like(model).fc.bias == 4)
+    assert BestState().model_like(model) is None  # nothing validated yet
+
+
+def test_fit_keeps_the_best_epoch_and_a_resumed_run_keeps_it_too(teacher, tmp_path):
+    cfg = preset_config({"method": "kd", **TINY, "epochs": 3})
+    seen, best = [], BestState()
+    fit(cfg, teacher=teacher, log=None, best=best, report=lambda m, s: (
+        seen.append((m["val/pgd_acc"], {k: v.clone() for k, v in s["model"].items()})),
+        torch.save(s, tmp_path / f"state{m['epoch']}.pt")))
+    scores = [score for score, _ in seen]
+    expected = max(range(3), key=lambda i: (scores[i], i))  # highest, the later of ties
+    assert (best.epoch, best.score) == (expected + 1, scores[expected])
+    for k, v in seen[expected][1].items():
+        assert torch.equal(best.model[k], v), k
+    # resumed after epoch 2 (through disk, weights_only): the best of epochs 1-2 is not forgotten
+    resumed = BestState()
+    fit(cfg, teacher=teacher, log=None, best=resumed,
+        resume=torch.load(tmp_path / "state2.pt", weights_only=True))
+    assert (resumed.epoch, resumed.score) == (best.epoch, best.score)
+    for k, v in best.model.items():
+        assert torch.equal(resumed.model[k], v), k
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -98,6 +133,8 @@ def test_train_command_writes_metrics_and_a_loadable_checkpoint(tmp_path, capsys
             "test/pgd20_acc"} <= set(metrics)
     model = load_checkpoint(out / "checkpoint.pt")
     assert not model.training and model.arch == "small_cnn"
+    assert load_checkpoint(out / "best.pt").arch == "small_cnn"  # the best-val weights beside it
+    assert metrics["best"] == {"epoch": 1, "metric": "val/pgd_acc", "score": metrics["val/pgd_acc"]}
 
     student = tmp_path / "student"
     code, stdout, err = run_cli(train.main, [

@@ -130,6 +130,11 @@ class TrialRun:
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         _retry(self.c.log_artifact, self.run_id, path, artifact_path)
 
+    def log_inputs(self, datasets: list) -> None:
+        """Dataset inputs (MLflow DatasetInput); the store skips a (name, digest) the run holds,
+        so a restarted trial can log them again."""
+        _retry(self.c.log_inputs, self.run_id, datasets=datasets)
+
     def finish(self, status: str = "FINISHED") -> None:
         _retry(self.c.set_terminated, self.run_id, status=status)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import resource
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -33,11 +34,13 @@ from smaraad.teacher_specs import TEACHER_KEY
 from smaraad.evaluation import evaluate_suite
 from smaraad.models import MODELS, build_model
 from smaraad.teachers import teacher_record
-from smaraad.trainer import fit, resolve_device, training_precision
+from smaraad.trainer import BestState, fit, resolve_device, training_precision
+from trainables.datasets import dataset_inputs
 from trainables.driver import TRANSFER_TEACHER, point_config
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
+PEAK_MEMORY = "memory/peak_mb"  # logged with the final evaluation; see `peak_memory_mb`
 COMPLETED = "completed"  # set in the report that follows the final evaluation
 NODE_ID = "node_id"  # in each epoch's report: the Ray node it ran on (the driver names it)
 
@@ -157,14 +160,18 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
     try:
         device = resolve_device(cfg.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         run.set_tags({"smaraad.training_precision": training_precision(cfg), **node_tags()})
         if resume is None:
             run.log_dict(cfg.to_flat(), "config.json")
+            log_dataset(run, cfg, setup.data)
             if chosen:
                 run.log_metrics(chosen.metrics, step=0)
         natural = setup.natural_teacher.build() if setup.natural_teacher else None
+        best = BestState()
         model, last = fit(cfg, teacher=teacher, natural_teacher=natural, data=setup.data,
-                             report=report, resume=resume, log=None)
+                          report=report, resume=resume, log=None, best=best)
         teacher = teacher.to(device) if teacher is not None else None
         source = teacher if setup.transfer_from == TRANSFER_TEACHER else (
             setup.transfer_source.build() if setup.transfer_source else None)
@@ -177,20 +184,60 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             run.set_tags({"smaraad.transfer_from": f"teacher {chosen.name}" if source is teacher
                           else setup.transfer_from})
         flags = final.pop("flags", [])
+        final.update(evaluate_best(best, model, setup, cfg, device))
+        final[PEAK_MEMORY] = peak_memory_mb(device)
         scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         run.log_metrics(scalars, step=cfg.epochs)
         run.set_tags({"smaraad.flags": "; ".join(flags) or "none", "smaraad.completed": "true"})
         with tempfile.TemporaryDirectory() as d:
             from smaraad.models import save_checkpoint
+            record = {"teacher": chosen.record} if chosen else {}
             save_checkpoint(Path(d) / "student.pt", model.cpu(), config=cfg.to_flat(),
-                            extra={"teacher": chosen.record} if chosen else None)
+                            extra=record or None)
             run.log_artifact(str(Path(d) / "student.pt"))
+            if best.epoch:
+                save_checkpoint(Path(d) / "best.pt", best.model_like(model), config=cfg.to_flat(),
+                                extra={**record, "best": best.record()})
+                run.log_artifact(str(Path(d) / "best.pt"))
         tune.report({**last, **scalars, COMPLETED: 1})
         run.finish("FINISHED")
     except Exception as exc:
         run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
         run.finish("FAILED")
         raise
+
+
+def evaluate_best(best: BestState, model: torch.nn.Module, setup: TrialSetup, cfg: TrainConfig,
+                  device: torch.device) -> dict:
+    """The best-on-validation weights scored on the same test images as the last ones, by the
+    registry's BEST_OF attacks: `test/best_<field>` and `test/best_epoch` ({} before any epoch)."""
+    candidate = best.model_like(model)
+    if candidate is None:
+        return {}
+    result = evaluate_suite(candidate, setup.data.test, attacks=metrics.BEST_OF, n=setup.eval_n,
+                            device=device, seed=cfg.seed, eps=from_255(cfg.eps_255),
+                            check_masking=False)
+    scores = {metrics.best(m).key(): result[m.key()]
+              for m in (metrics.REGISTRY[a] for a in metrics.BEST_OF)}
+    return {**scores, metrics.BEST_EPOCH.key(): best.epoch}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The trial's peak memory in MiB: on a GPU the most its tensors held (CUDA's allocator,
+    reset when the trial starts); on a CPU the peak resident set of the trial's process
+    (`ru_maxrss`, KiB on Linux), which also counts the process's libraries, the data set and any
+    earlier trial Ray ran in the same worker process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10
+
+
+def log_dataset(run: TrialRun, cfg: TrainConfig, data: Splits) -> None:
+    """The trial's train / validation / test splits as the run's MLflow dataset inputs."""
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    run.log_inputs(dataset_inputs(splits, cfg.dataset, {
+        "data_root": cfg.data_root, "train_size": str(cfg.train_size),
+        "val_size": str(cfg.val_size), "split_seed": str(cfg.split_seed)}))
 
 
 def node_tags() -> dict[str, str]:
