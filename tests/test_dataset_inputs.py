@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from smaraad.config import TrainConfig
 from smaraad.data import load_data
-from trainables.datasets import split_digest
+from smaraad.data import split_digest
 from trainables.tracking import TrialRun, start_parent
 from trainables.trial import log_dataset
 

@@ -121,7 +121,8 @@ def test_describe_names_the_data_and_its_digest_follows_the_split(written):
     b = describe(load_data('fashion_mnist', root=str(written), val_size=100, n_train=500, seed=1))
     assert a['name'] == 'fashion_mnist' and a['shape'] == [1, 28, 28] and a['classes'] == 10
     assert a['sizes'] == {'train': 400, 'val': 100, 'test': 10_000}
-    assert a['digest'] != b['digest']
+    assert a['digests']['train'] != b['digests']['train']
+    assert a['digests']['test'] == b['digests']['test']  # the same test split
 
 
 def test_train_command_runs_on_grayscale_files_with_no_network(written, tmp_path, capsys):

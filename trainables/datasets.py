@@ -7,34 +7,20 @@ profile) holds the split's shape, hence its size. The source is the code that bu
 (MLflow's "code" source type, tagged with the loader and its arguments): the images are not
 copied anywhere.
 
-Digest (decision): the first 16 hex digits of SHA-256 over the split's uint8 images and int64
-labels, shape included. MLflow's own NumPy digest hashes only the first 10,000 elements of the
-flattened array (the first few images), so two subsets of one data set could share it.
+Each split's digest is `smaraad.data.split_digest` (SHA-256 of its images and labels).
 """
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 from mlflow.data import from_numpy
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from torch import Tensor
 
+from smaraad.data import split_digest
+
 CONTEXT_TAG = "mlflow.data.context"  # the tag MLflow's UI reads the context from
 SPLIT_CONTEXTS = (("train", "training"), ("val", "validation"), ("test", "testing"))
-DIGEST_CHARS = 16
-
-
-def split_digest(images: Tensor, labels: Tensor) -> str:
-    """SHA-256 of a split's images and labels (contents and shapes), first DIGEST_CHARS digits."""
-    h = hashlib.sha256()
-    for t in (images, labels):
-        array = np.ascontiguousarray(t.cpu().numpy())
-        h.update(repr((array.dtype.str, array.shape)).encode())
-        h.update(array.data)
-    return h.hexdigest()[:DIGEST_CHARS]
 
 
 def dataset_inputs(splits: dict[str, tuple[Tensor, Tensor]], name: str,

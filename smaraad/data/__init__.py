@@ -19,7 +19,7 @@ from .loader import BatchLoader
 from .registry import DATASETS, Dataset, dataset
 
 __all__ = ['DATASETS', 'Dataset', 'dataset', 'load_data', 'Splits', 'BatchLoader', 'DataError',
-           'describe']
+           'describe', 'split_digest']
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,30 @@ def load_data(name: str, *, root: str | None = None, val_size: int | float = 0.1
                   synthetic=info.synthetic)
 
 
+DIGEST_CHARS = 16
+
+
+def split_digest(images: Tensor, labels: Tensor) -> str:
+    """The first DIGEST_CHARS hex digits of SHA-256 over one split's images and labels, their
+    dtypes and shapes included: two subsets of one data set never share it. (MLflow's own NumPy
+    digest hashes only the first 10,000 elements of the flattened array, the first few images.)"""
+    h = hashlib.sha256()
+    for t in (images, labels):
+        array = t.detach().cpu().contiguous().numpy()
+        h.update(repr((array.dtype.str, array.shape)).encode())
+        h.update(array.tobytes())
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
 def describe(splits: Splits) -> dict:
     """What identifies the data a run saw, for a tracking record: the name, the title, the
-    image shape, the split sizes and a digest of every split's images and labels (sha256)."""
-    h = hashlib.sha256()
-    for x, y in (splits.train, splits.val, splits.test):
-        h.update(x.contiguous().numpy().tobytes())
-        h.update(y.contiguous().numpy().tobytes())
+    source, the image shape, the split sizes and each split's digest (`split_digest`)."""
     info = dataset(splits.name)
+    parts = {k: getattr(splits, k) for k in ('train', 'val', 'test')}
     return {'name': splits.name, 'title': info.title, 'source': info.source,
             'shape': list(splits.train[0].shape[1:]), 'classes': splits.num_classes,
-            'sizes': {k: len(getattr(splits, k)[1]) for k in ('train', 'val', 'test')},
-            'digest': h.hexdigest()[:16]}
+            'sizes': {k: len(y) for k, (_, y) in parts.items()},
+            'digests': {k: split_digest(x, y) for k, (x, y) in parts.items()}}
 
 
 def _from_files(info: Dataset, root, download, num_classes, n_train, image_size, data_seed):
