@@ -117,8 +117,8 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     data = load_splits(r.base_cfg, download=r.download)
     cpus = cpu_count()
     ex.init_ray(args.address, None if args.address else cpus)
-    if args.address:  # trials run on the cluster's CPUs, not on this machine's
-        cpus = ex.cluster_cpus()
+    res = trial_resources(args, len(variants) * len(seeds) if variants else num_samples,
+                          r.base_cfg.device)
 
     teachers = {}
     if needs_teacher(methods) or transfer == TRANSFER_TEACHER:
@@ -171,13 +171,11 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     setup = TrialSetup(base=r.base, tracking=tracking, teachers=teachers, data=data,
                        natural_teacher=natural, transfer_from=transfer, transfer_source=source,
                        eval_attacks=r.attacks, eval_n=r.eval_n, aa_n=r.aa_n,
-                       threads=max(1, int(args.cpus_per_trial)),
-                       tags={"smaraad.space": space.name})
-    concurrency = args.max_concurrent or max(1, int(cpus // args.cpus_per_trial))
+                       threads=max(1, int(res.cpus)), tags={"smaraad.space": space.name})
     plan = ex.Plan(space=space, setup=setup, name=r.name, storage_path=r.storage_path,
                    epochs=r.base["epochs"], num_samples=num_samples, seed=args.seed, seeds=seeds,
-                   variants=variants, objectives=objectives, max_concurrent=concurrency,
-                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                   variants=variants, objectives=objectives, max_concurrent=res.concurrent,
+                   cpus_per_trial=res.cpus, gpus_per_trial=res.gpus,
                    retries=args.retries)
     rows = ex.run(plan, resume=r.resume)
     stopped = ex.stopped_trials(ex.experiment_path(plan))
@@ -189,6 +187,19 @@ def execute(args, space: Space, r: Resolved, *, kind: str, variants: list, seeds
     c = client(tracking.uri)
     c.set_terminated(tracking.parent_run_id, status="KILLED" if interrupted else "FINISHED")
     return rows, plan
+
+
+def trial_resources(args, trials: int, device: str):
+    """Per-trial CPUs and GPUs and the trials at once (trainables/resources.py), said on the
+    terminal; a device the trials will not hold is refused before anything runs."""
+    from trainables.resources import check_device, current_cluster, plan_resources
+
+    cluster = current_cluster()
+    res = plan_resources(cluster, trials, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,
+                         max_concurrent=args.max_concurrent)
+    check_device(device, res.gpus)
+    print(res.describe(cluster), flush=True)
+    return res
 
 
 def status(row: dict, stopped: set) -> str:

@@ -19,7 +19,7 @@ This module never imports Ray or MLflow: trainables/ adapts `report` to them.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,14 +41,41 @@ class DivergedError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` means for a plain command, which may use every GPU it can see."""
+    return placed_device(name, None, visible_gpus())
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can see (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def placed_device(name: str, gpu_ids: Sequence[str] | None, cuda_count: int) -> torch.device:
+    """The device a run trains on: what cfg.device asks for (`name`) within what the run holds.
+
+    `gpu_ids`: the GPU ids a scheduler gave the run (Ray: `get_accelerator_ids()["GPU"]`), or
+    None for a plain command (it holds every visible GPU); `cuda_count`: torch's device count.
+    Ray points CUDA_VISIBLE_DEVICES at a task's own GPUs, but leaves it alone when the task holds
+    none (ray/_private/utils.py, set_visible_accelerator_ids), so a trial without a GPU still
+    sees the node's GPUs: it must train on the CPU, not on an unreserved cuda:0. "auto" is cuda:0
+    when the run holds a GPU, else the CPU; cuda:N must be one of the devices it holds."""
+    held = cuda_count if gpu_ids is None else min(len(gpu_ids), cuda_count)
+    allowed = ", ".join(["auto", "cpu", *(["cuda"] if held else []),
+                         *(f"cuda:{i}" for i in range(held))])
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for but CUDA is not available; allowed: auto, cpu")
+        return torch.device("cuda:0" if held else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device: {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+        raise ConfigError(f"device: {name!r} is not a device; allowed: {allowed}") from None
+    if device.type != "cuda":
+        return device
+    index = device.index or 0
+    if index >= held:
+        where = ("the trial holds no GPU (--gpus-per-trial)" if gpu_ids is not None and not held
+                 else "CUDA is not available" if not held else f"the run sees {held} GPU(s)")
+        raise ConfigError(f"device: {name!r} asked for but {where}; allowed: {allowed}")
+    return torch.device("cuda", index)
 
 
 def native_bf16(device: torch.device) -> bool:

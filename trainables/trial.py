@@ -29,8 +29,10 @@ from smaraad.config import TrainConfig, preset_config
 from smaraad.data import Splits
 from smaraad.teacher_specs import TEACHER_KEY
 from smaraad.evaluation import evaluate_suite
+from smaraad.io import load_torch
 from smaraad.models import build_model
-from smaraad.trainer import fit, resolve_device, training_precision
+from smaraad.trainer import (fit, placed_device, resolve_device, training_precision,
+                             visible_gpus)
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
@@ -110,7 +112,7 @@ def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
     torch.set_num_threads(max(1, setup.threads))
-    cfg = trial_config(setup, config)
+    cfg = placed(trial_config(setup, config))
     trial_id = tune.get_context().get_trial_id()
     flat = cfg.to_flat()
     chosen = pick_teacher(setup, config)
@@ -130,7 +132,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+            resume = load_torch(Path(d) / STATE_FILE)
     teacher = chosen.build() if chosen else None
 
     def report(epoch_metrics: dict, state: dict) -> None:
@@ -174,6 +176,13 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
         run.finish("FAILED")
         raise
+
+
+def placed(cfg: TrainConfig) -> TrainConfig:
+    """cfg on the device Ray placed the trial on: its own GPU(s), else the CPU, even where the
+    node's GPUs are visible to it (smaraad.trainer.placed_device)."""
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return cfg.replace(device=str(placed_device(cfg.device, gpu_ids, visible_gpus())))
 
 
 def node_tags() -> dict[str, str]:
