@@ -182,6 +182,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
                   state=dict(resume.get("method_state", {})) if resume else {},
                   aux=aux, student_optimizer=opt)
     stepped = [opt, *(net.optimizer for net in aux.values() if net.trainer_steps)]
+    finite = FiniteWatch()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         ctx.epoch = epoch
@@ -194,9 +195,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 terms = spec.loss(ctx, x, y)
             total = torch.stack(list(terms.values())).sum()  # student's and auxiliary terms
-            if not torch.isfinite(total):
-                raise DivergedError(f"loss is {total.item()} at epoch {epoch + 1} "
-                                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())})")
+            finite.step(total, terms, epoch)
             for o in stepped:
                 o.zero_grad(set_to_none=True)
             total.backward()
@@ -207,6 +206,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             for k, v in (("train/loss", loss), *((term_metric(k), v) for k, v in terms.items())):
                 sums[k] = sums.get(k, 0.0) + v.detach() * n
             seen += n
+        finite.check()
         for scheduler in (sched, *(net.scheduler for net in aux.values() if net.scheduler)):
             scheduler.step()
         metrics = {"epoch": epoch + 1, "lr": lr,
@@ -224,6 +224,47 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             report(metrics, state)
     model.eval()
     return model, metrics
+
+
+class FiniteWatch:
+    """Whether every step's loss was finite, kept on the device and read every `every` steps and
+    at the end of each epoch: a check per step (`if not torch.isfinite(total)`) would make the
+    host wait for the GPU at every step. The terms of the first non-finite step are kept on the
+    device too, so the DivergedError still names its epoch, its step and each term's value; the
+    steps between it and the check are wasted, not harmful (the run stops there)."""
+
+    def __init__(self, every: int = 50):
+        self.every, self.pending = every, 0
+        self.epoch, self.index = -1, 0
+        self.names: tuple = ()
+        self.bad = self.first = None
+
+    def step(self, total: torch.Tensor, terms: dict, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.index = epoch, 0
+        self.index += 1
+        if tuple(terms) != self.names:  # the first step, or a method whose terms vary
+            self.check()
+            self.names = tuple(terms)
+            self.bad = torch.zeros((), dtype=torch.bool, device=total.device)
+            self.first = torch.zeros(len(terms) + 3, dtype=torch.float64, device=total.device)
+        where = [torch.full((1,), float(v), dtype=torch.float64, device=total.device)
+                 for v in (epoch + 1, self.index)]  # a fill, not a copy from the host
+        values = torch.stack([t.detach().to(torch.float64) for t in (total, *terms.values())])
+        new = ~torch.isfinite(total.detach()) & ~self.bad
+        self.first = torch.where(new, torch.cat([values, *where]), self.first)
+        self.bad = self.bad | new
+        self.pending += 1
+        if self.pending >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        """Raise DivergedError if a step so far had a non-finite loss (one host sync)."""
+        self.pending = 0
+        if self.bad is not None and bool(self.bad):
+            total, *values, epoch, index = self.first.tolist()
+            raise DivergedError(f"loss is {total} at epoch {int(epoch)}, step {int(index)} "
+                                f"({', '.join(f'{k}={v:.4g}' for k, v in zip(self.names, values))})")
 
 
 def term_metric(key: str) -> str:

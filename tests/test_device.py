@@ -140,3 +140,62 @@ def test_a_state_saved_on_a_gpu_resumes_on_the_cpu(tmp_path):
     resumed, _ = fit(cfg, log=None, resume=load_torch(tmp_path / "state.pt"))
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_non_finite_loss_fails_at_the_next_check_naming_its_epoch_step_and_terms():
+    from smaraad.trainer import DivergedError, FiniteWatch
+
+    watch = FiniteWatch(every=4)
+    one = torch.tensor(1.0)
+    for _ in range(2):
+        watch.step(one + one, {"ce": one, "kl": one}, epoch=2)
+    watch.step(torch.tensor(float("nan")), {"ce": one, "kl": torch.tensor(float("nan"))}, 2)
+    with pytest.raises(DivergedError, match=r"loss is nan at epoch 3, step 3 \(ce=1, kl=nan\)"):
+        watch.step(one + one, {"ce": one, "kl": one}, epoch=2)  # the 4th step checks
+
+
+def test_a_diverging_run_stops_with_the_epoch_named():
+    from smaraad.trainer import DivergedError
+
+    cfg = preset_config({**TINY, "lr": 1e30, "epochs": 1})
+    with pytest.raises(DivergedError, match=r"at epoch 1, step \d+ \(ce_adv="):
+        fit(cfg, log=None)
+
+
+def test_cams_are_fp32_under_autocast():
+    from smaraad.losses import cam
+
+    g = torch.Generator().manual_seed(0)
+    fmap, weight = torch.randn(4, 64, 8, 8, generator=g), torch.randn(10, 64, generator=g)
+    classes = torch.tensor([0, 3, 5, 9])
+    plain = cam(fmap, weight, classes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = cam(fmap, weight, classes)
+    assert under.dtype == torch.float32 and torch.equal(under, plain)
+
+
+def test_the_soft_rank_backward_is_fp32_under_autocast():
+    from smaraad.losses import soft_rank
+
+    u = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    w = torch.randn(8, 10, generator=torch.Generator().manual_seed(1))
+
+    def grad():
+        return torch.autograd.grad((soft_rank(u, 3.0) * w).sum(), u)[0]
+
+    plain = grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = grad()
+    assert under.dtype == torch.float32 and torch.equal(under, plain)
+
+
+@pytest.mark.parametrize("shape, size", [((3, 4, 4), 8), ((2, 8, 8), 32), ((2, 5, 7), 9)])
+def test_the_matrix_resize_is_torch_bilinear_interpolation(shape, size):
+    import torch.nn.functional as F
+    from smaraad.losses import linear_resize
+
+    m = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want = F.interpolate(m.unsqueeze(1), size=(size, size), mode="bilinear",
+                         align_corners=False).squeeze(1)
+    got = linear_resize(shape[1], size, m) @ m @ linear_resize(shape[2], size, m).T
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
