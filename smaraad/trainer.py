@@ -6,7 +6,8 @@ term, `val/clean_acc`, `val/pgd_acc` (fractions, on the validation split held ou
 set); state is everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch,
 the method's state and its auxiliary networks with their optimisers and schedules), made of
 tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
-state as `resume=` continues the run as if it had never stopped. The state holds the live tensors
+state as `resume=` continues the run as if it had never stopped (bit for bit on the CPU; on
+CUDA only with cfg.deterministic, see `cuda_kernels`). The state holds the live tensors
 (no copy per epoch): save it inside the callback.
 
 A method's auxiliary networks (smaraad/methods/base.py, `AuxNet`) are trained here but never
@@ -18,6 +19,7 @@ This module never imports Ray or MLflow: trainables/ adapts `report` to them.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Sequence
 
@@ -76,6 +78,24 @@ def placed_device(name: str, gpu_ids: Sequence[str] | None, cuda_count: int) -> 
                  else "CUDA is not available" if not held else f"the run sees {held} GPU(s)")
         raise ConfigError(f"device: {name!r} asked for but {where}; allowed: {allowed}")
     return torch.device("cuda", index)
+
+
+def cuda_kernels(deterministic: bool, device: torch.device) -> None:
+    """cfg.deterministic on a CUDA device. On: cuDNN and cuBLAS run deterministic algorithms
+    only (torch.use_deterministic_algorithms; cuBLAS needs CUBLAS_WORKSPACE_CONFIG, set here
+    unless the user set it), so a rerun, or a run resumed from its state, repeats bit for bit; an
+    operation without a deterministic CUDA kernel raises instead of running. Off (the default):
+    cudnn.benchmark picks the fastest convolution kernels for the fixed batch shape, and atomic
+    adds in backward passes (scatter, index_add, bilinear resizing) make the last bits vary
+    between runs: a resumed CUDA run is close to, not equal to, one that never stopped. The CPU
+    kernels are deterministic either way."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -143,6 +163,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
     if spec.needs_natural_teacher and natural_teacher is None:
         raise ConfigError(f"method {cfg.method!r} also needs a naturally trained teacher")
     device = resolve_device(cfg.device)
+    cuda_kernels(cfg.deterministic, device)
     data = data if data is not None else load_splits(cfg)
     amp = training_precision(cfg) == "bf16"
     memory = torch.channels_last if cfg.channels_last else None

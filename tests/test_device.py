@@ -199,3 +199,14 @@ def test_the_matrix_resize_is_torch_bilinear_interpolation(shape, size):
                          align_corners=False).squeeze(1)
     got = linear_resize(shape[1], size, m) @ m @ linear_resize(shape[2], size, m).T
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_deterministic_is_a_switch_that_leaves_the_teacher_cache_alone():
+    from smaraad.teachers import cache_key, teacher_config
+
+    on = preset_config({**TINY, "deterministic": True})
+    off = preset_config(TINY)
+    assert teacher_config(on).deterministic and not teacher_config(off).deterministic
+    assert cache_key(teacher_config(on)) == cache_key(teacher_config(off))
+    with pytest.raises(ConfigError, match="deterministic"):
+        preset_config({**TINY, "deterministic": "sometimes"})
