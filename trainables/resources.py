@@ -84,14 +84,13 @@ def current_cluster() -> Cluster:
 
 
 def check_device(device: str, gpus: float) -> None:
-    """A device the trials will not hold: one clear error before anything runs (inside a trial
-    it would be smaraad.trainer.placed_device's ConfigError). A trial sees its own GPUs only,
-    numbered from cuda:0."""
+    """A device the trials will not hold: one clear error before anything runs, the one a trial
+    would raise (smaraad.trainer.placed_device). A trial sees its own GPUs only, from cuda:0."""
+    from smaraad.config import ConfigError
+    from smaraad.trainer import placed_device
+
     held = max(1, int(gpus)) if gpus else 0
-    allowed = ", ".join(["auto", "cpu", *(["cuda"] if held else []),
-                         *(f"cuda:{i}" for i in range(held))])
-    if device != "auto" and device.startswith("cuda"):
-        index = device.partition(":")[2]
-        if not held or (index.isdigit() and int(index) >= held):
-            raise UsageError(f"device: {device!r} asked for but each trial holds "
-                             f"{fmt(gpus)} GPU(s); allowed: {allowed}")
+    try:
+        placed_device(device, [str(i) for i in range(held)], held)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
