@@ -210,3 +210,16 @@ def test_deterministic_is_a_switch_that_leaves_the_teacher_cache_alone():
     assert cache_key(teacher_config(on)) == cache_key(teacher_config(off))
     with pytest.raises(ConfigError, match="deterministic"):
         preset_config({**TINY, "deterministic": "sometimes"})
+
+
+@pytest.mark.parametrize("name, part", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+    ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H200", "H200 SXM"), ("NVIDIA H200 NVL", "H200 NVL"),
+    ("NVIDIA A100-SXM4-80GB", "A100 SXM"), ("NVIDIA A100 80GB PCIe", "A100 PCIe"),
+    ("NVIDIA H100", None), ("NVIDIA L4", None)])
+def test_the_gpu_part_is_named_before_its_peak_is_used(name, part):
+    from orchestrator.plan import GPU_PEAKS, gpu_model
+
+    assert gpu_model(name) == part
+    if part:
+        assert GPU_PEAKS[part]["bf16"] > GPU_PEAKS[part]["tf32"] > GPU_PEAKS[part]["fp32"]
