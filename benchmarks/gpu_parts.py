@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 256
 REPEATS = 5
+TEST_MARGIN_S = 30  # a test's limit is its part's less this: the part still reports
 
 
 def _timed(fn, repeats: int = REPEATS, warmup: int = 2) -> float:
@@ -32,13 +33,12 @@ def _timed(fn, repeats: int = REPEATS, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def peaks(name: str) -> dict | None:
-    """The dense peaks (TFLOP/s) of a GPU the plan knows, by its marketing name."""
-    from orchestrator.plan import GPU_PEAKS
-    for gpu, value in GPU_PEAKS.items():
-        if gpu.split()[0] in name:
-            return value
-    return None
+def peaks(name: str) -> tuple[str | None, dict | None]:
+    """(the part, its dense peaks in TFLOP/s) of a CUDA device name, (None, None) for a part the
+    plan's table does not hold (orchestrator.plan.gpu_model)."""
+    from orchestrator.plan import GPU_PEAKS, gpu_model
+    model = gpu_model(name)
+    return model, GPU_PEAKS.get(model)
 
 
 def step() -> dict:
@@ -57,9 +57,12 @@ def step() -> dict:
     opt = torch.optim.SGD(ctx.student.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(BATCH, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (BATCH,), device=dev)
-    peak = peaks(torch.cuda.get_device_name(0))
+    device = torch.cuda.get_device_name(0)
+    part, peak = peaks(device)
     out = {"model": "resnet18 <- wrn34_10, 32x32, 10 attack steps", "batch": BATCH,
-           "flop_per_image": flops, "peaks_tflops": peak, "repeats": REPEATS}
+           "flop_per_image": flops, "device": device,
+           "peaks_of": part or f"unknown part ({device}): no fraction of peak",
+           "peaks_tflops": peak, "repeats": REPEATS}
     for precision in ("fp32", "bf16"):
         amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -140,11 +143,16 @@ def tune() -> dict:
 
 
 def pytest() -> dict:
-    """`pytest -m gpu` on tests/test_gpu.py: the outcome counts and the failures' names."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE",
-                           "-p", "no:cacheprovider", "tests/test_gpu.py"],
-                          cwd=ROOT, capture_output=True, text=True)
-    text = done.stdout + done.stderr
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", text)}
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)
-    return {"rc": done.returncode, **counts, "failed_tests": failed, "tail": text[-3000:]}
+    """`pytest -m gpu tests/test_gpu.py` ($GPU_CHECK_TESTS: other pytest arguments): the outcome
+    counts and the failures' names, from the progress file of benchmarks/pytest_progress.py
+    (gpu_check.run_part reads the same file when it kills the part), each test limited to the
+    part's limit less TEST_MARGIN_S."""
+    from benchmarks.pytest_progress import TEST_LIMIT
+    part_limit = float(os.environ.get("GPU_CHECK_LIMIT_S") or 0)
+    env = {**os.environ, TEST_LIMIT: str(max(10.0, part_limit - TEST_MARGIN_S))
+           if part_limit else "0"}
+    args = shlex.split(os.environ.get("GPU_CHECK_TESTS") or "-m gpu tests/test_gpu.py")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+                           "-p", "benchmarks.pytest_progress", *args],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    return {"rc": done.returncode, "tail": (done.stdout + done.stderr)[-3000:]}

@@ -48,11 +48,13 @@ def common_parser(prog: str, description: str) -> Parser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment "
                    "--name (default: the latest of this space)")
     p.add_argument("--address", help="join a Ray cluster (e.g. auto or HOST:6379)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="fractions pack several trials on one GPU, e.g. 0.5")
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / "
-                   "cpus-per-trial)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs (torch threads) per trial "
+                   "(default: the CPUs shared among the trials at once, up to one node's)")
+    p.add_argument("--gpus-per-trial", type=float, help="fractions pack several trials on one "
+                   "GPU, e.g. 0.5 (default: 0 without GPUs; else a whole GPU per trial, or a "
+                   "share when there are more trials at once than GPUs)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: every planned "
+                   "trial, at most one per CPU)")
     p.add_argument("--retries", type=int, default=0, help="retries of a failed trial")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     p.add_argument("--smoke-test", action="store_true",
@@ -75,9 +77,9 @@ def resolve(args, space, *, kind: str, variants: list | None = None, seeds: tupl
     """The command line and the space as one checked Experiment; UsageError (or ConfigError)
     before anything is written."""
     for opt in ("cpus_per_trial", "gpus_per_trial", "retries"):
-        if getattr(args, opt) < 0:
+        if (getattr(args, opt) or 0) < 0:
             raise UsageError(f"--{opt.replace('_', '-')}: {getattr(args, opt)}; must be >= 0")
-    if args.cpus_per_trial <= 0:
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise UsageError("--cpus-per-trial: must be > 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError("--max-concurrent: must be >= 1")

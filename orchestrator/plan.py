@@ -34,11 +34,40 @@ MEASURED_ATTACK_STEPS = 1  # the measured CPU step's attack: the whole attack of
 # (FP32 67, TF32 494.7, BF16 989.4; it differs in memory: 141 GB HBM3e at 4.8 TB/s). "fp32" is the
 # CUDA cores' rate; PyTorch runs fp32 convolutions on TF32 tensor cores by default
 # (torch.backends.cudnn.allow_tf32 = True), so a fp32 run sits between the two columns.
+# The PCIe and NVL cards run the same chips at lower clocks and power: H100 PCIe (datasheet: FP32
+# 51, TF32 756 and BF16 1,513 with sparsity, halved here), H100 NVL and H200 NVL (FP32 60, TF32
+# 835 and BF16 1,671 with sparsity), A100 PCIe (the A100 SXM's figures).
 GPU_PEAKS = {
     "H100 SXM": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
     "A100 SXM": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0},
     "H200 SXM": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4},
+    "H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5},
+    "H100 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5},
+    "H200 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5},
+    "A100 PCIe": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0},
 }
+
+
+def gpu_model(device_name: str) -> str | None:
+    """The GPU_PEAKS entry of a CUDA device name (torch.cuda.get_device_name: "NVIDIA H100 80GB
+    HBM3" is the SXM part, "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200",
+    "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe"), or None where the name does not say which
+    part it is: a fraction of the wrong part's peak would misstate the utilisation."""
+    name = device_name.upper()
+    for chip in ("H100", "H200", "A100"):
+        if chip not in name:
+            continue
+        if "NVL" in name:
+            variant = "NVL"
+        elif "PCIE" in name:
+            variant = "PCIe"
+        elif "SXM" in name or "HBM3" in name or chip == "H200":  # H200: SXM unless named NVL
+            variant = "SXM"
+        else:
+            return None
+        model = f"{chip} {variant}"
+        return model if model in GPU_PEAKS else None
+    return None
 
 
 def train_images(cfg) -> int:

@@ -69,6 +69,10 @@ class TrainConfig:
                             "bf16 where the device computes it natively (CUDA with bf16, a CPU "
                             "with AMX or AVX512-BF16), else fp32. Evaluation is always fp32")
     channels_last: bool = choice(False, (True, False), "channels_last memory format for training")
+    deterministic: bool = choice(False, (True, False), "CUDA: deterministic kernels only (cuDNN "
+                                 "and cuBLAS), so a rerun or a resumed run repeats bit for bit; "
+                                 "off, cuDNN picks its fastest kernels (cudnn.benchmark) and a "
+                                 "resumed CUDA run is not bit-exact. The CPU is deterministic")
     params: Any = field(default=None, metadata=dict(doc="the method's hyperparameters"))
 
     def __post_init__(self):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from smaraad import metrics
 from smaraad.attacks import model_mode, pgd
 from smaraad.autoattack import aa_warnings, check_version
+from smaraad.data.loader import unit_floats
 from smaraad.errors import UserError
 from smaraad.losses import CAM_CLASSES, align_maps, cam, cam_classes
 from smaraad.sanity import sanity_flags, warn
@@ -34,7 +35,7 @@ def batches(data: tuple[Tensor, Tensor], batch_size: int, device: torch.device):
     images, labels = data
     for i in range(0, len(labels), batch_size):
         x = images[i:i + batch_size].to(device, non_blocking=True)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = unit_floats(x) if x.dtype == torch.uint8 else x.float()
         yield x, labels[i:i + batch_size].to(device, non_blocking=True)
 
 

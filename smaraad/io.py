@@ -30,6 +30,14 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def load_torch(path: str | os.PathLike) -> Any:
+    """A state saved by `save_torch` (or torch.save), its tensors on the CPU: a run saved on a GPU
+    resumes on a machine without one, and one saved on the CPU resumes on a GPU (the trainer moves
+    every tensor to its device: load_state_dict copies into the model's and the optimisers'
+    tensors). Plain data only (weights_only=True): loading never runs code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def save_json(path: str | os.PathLike, obj: Any) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -62,10 +62,15 @@ class _SoftRank(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_r: Tensor):
         (t,) = ctx.saved_tensors
+        with torch.autocast(device_type=t.device.type, enabled=False):  # bmm stays in t's dtype
+            return _SoftRank.grad(t, grad_r.to(t.dtype), ctx.gamma)
+
+    @staticmethod
+    def grad(t: Tensor, grad_r: Tensor, gamma: float):
         q = torch.addcmul(torch.ones((), dtype=t.dtype, device=t.device), t, t, value=-1.0)
         rhs = torch.stack((grad_r, torch.ones_like(grad_r)), dim=2)  # (B, C, 2)
         qg, q1 = torch.bmm(q, rhs).unbind(dim=2)
-        return (0.25 * ctx.gamma) * (qg - grad_r * q1), None
+        return (0.25 * gamma) * (qg - grad_r * q1), None
 
 
 def soft_rank(u: Tensor, gamma: float) -> Tensor:
@@ -153,9 +158,16 @@ def cam(fmap: Tensor, fc_weight: Tensor, classes: Tensor, *, relu: bool = True,
     The range or norm is floored at CAM_MIN_SCALE: a nearly flat map (one faintly positive pixel
     after the ReLU, early in training) would otherwise be stretched to [0, 1] and send a gradient
     scaled by up to 1e8 into the features and classifier weights.
+    Computed in fp32 (float64 stays float64) also under autocast: a bf16 map keeps 8 bits of
+    mantissa, coarser than the min-max scaling and the MSE of Eq. 7 need.
     """
+    with torch.autocast(device_type=fmap.device.type, enabled=False):  # fp32 also under autocast
+        return _cam(at_least_fp32(fmap), fc_weight, classes, relu, norm)
+
+
+def _cam(fmap: Tensor, fc_weight: Tensor, classes: Tensor, relu: bool, norm: str) -> Tensor:
     w = fc_weight.index_select(0, classes).to(fmap.dtype)  # (B, K)
-    m = at_least_fp32(torch.einsum("bk,bkhw->bhw", w, fmap))
+    m = torch.einsum("bk,bkhw->bhw", w, fmap)
     if relu:
         m = m.relu()
     if norm == "none":
@@ -176,8 +188,8 @@ def align_maps(cam_s: Tensor, cam_t: Tensor, size: int = 0) -> Tensor:
     """L_align (Eq. 7) per sample: mean over pixels of (G(CAM_T) - G(CAM_S))^2, (B,).
 
     G is bilinear interpolation to a common size: `size`, or the larger of the two maps when
-    size = 0 (WRN's 8x8 against ResNet-18's 4x4 upsamples the student's map). Maps already of the
-    target size are left alone.
+    size = 0 (WRN's 8x8 against ResNet-18's 4x4 upsamples the student's map), as two matrix
+    products (`linear_resize`). Maps already of the target size are left alone.
     """
     if size <= 0:
         size = max(cam_s.shape[-1], cam_t.shape[-1], cam_s.shape[-2], cam_t.shape[-2])
@@ -185,10 +197,19 @@ def align_maps(cam_s: Tensor, cam_t: Tensor, size: int = 0) -> Tensor:
     def g(m: Tensor) -> Tensor:
         if m.shape[-2:] == (size, size):
             return m
-        return F.interpolate(m.unsqueeze(1), size=(size, size), mode="bilinear",
-                             align_corners=False).squeeze(1)
+        return linear_resize(m.shape[-2], size, m) @ m @ linear_resize(m.shape[-1], size, m).T
 
     return (g(cam_t) - g(cam_s)).square().flatten(1).mean(dim=1)
+
+
+def linear_resize(n: int, size: int, like: Tensor) -> Tensor:
+    """The (size, n) matrix of 1-D linear interpolation from n to `size` points (align_corners
+    False, torch's weights: it is F.interpolate applied to the identity). Bilinear resizing of an
+    (h, w) map is R_h @ map @ R_w^T: the same weights as F.interpolate(mode="bilinear"), summed in
+    another order, with a backward made of matrix products, deterministic on a GPU (interpolate's
+    CUDA backward adds atomically: no `deterministic` run could use it)."""
+    eye = torch.eye(n, dtype=like.dtype, device=like.device).unsqueeze(1)  # (n, 1, n)
+    return F.interpolate(eye, size=size, mode="linear", align_corners=False).squeeze(1).T
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def teacher_config(student: TrainConfig, *, method: str = "pgd_at", epochs: int 
     its `teacher_arch`, a teacher-free method and a fixed seed. `overrides` (flat config
     keys: a teacher spec's eps_255, seed, attack_steps...) are laid over that last."""
     shared = ("dataset", "data_root", "train_size", "val_size", "split_seed", "eps_255", "device",
-              "precision", "channels_last")
+              "precision", "channels_last", "deterministic")
     values = {k: getattr(student, k) for k in shared}
     values.update(method=method, student=student.teacher_arch, teacher_arch=student.teacher_arch,
                   seed=TEACHER_SEED)
@@ -55,12 +55,14 @@ def teacher_config(student: TrainConfig, *, method: str = "pgd_at", epochs: int 
 
 
 def cache_key(cfg: TrainConfig) -> str:
-    """A stable hash of the full teacher config. The device and the memory layout are left out
-    (they change no result); the precision goes in as what it resolves to here (fp32 or bf16), so
+    """A stable hash of the full teacher config. The device, the memory layout and the choice of
+    deterministic CUDA kernels are left out (they change no result beyond the last bits); the
+    precision goes in as what it resolves to here (fp32 or bf16), so
     `auto` on a CPU with bf16 and on one without are two teachers, and `auto` and `bf16` one."""
     from smaraad.trainer import training_precision  # the trainer imports models: lazily
 
-    flat = {k: v for k, v in cfg.to_flat().items() if k not in {"device", "channels_last"}}
+    flat = {k: v for k, v in cfg.to_flat().items()
+            if k not in {"device", "channels_last", "deterministic"}}
     flat["teacher"] = flat.pop("teacher_arch")  # hashed under its former name: caches stay valid
     flat["precision"] = training_precision(cfg)
     blob = json.dumps(flat, sort_keys=True, default=str).encode()

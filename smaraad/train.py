@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from smaraad import metrics
 from smaraad.cli import Parser, run
 from smaraad.config import ConfigError, TrainConfig, canonical, load_yaml_mapping, preset_config
-from smaraad.io import save_json, save_torch
+from smaraad.io import load_torch, save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
 from smaraad.options import RunOptions, add_run_options, check_teacher, run_options
@@ -67,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume = None
     state_file = out / "state.pt"
     if state_file.exists():
-        resume = torch.load(state_file, weights_only=True)
+        resume = load_torch(state_file)
         if canonical(resume.get("config") or {}) != cfg.to_flat():
             raise ConfigError(f"{out} holds a run with another configuration; choose another "
                               "--out or delete it")

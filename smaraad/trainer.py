@@ -7,7 +7,8 @@ set), `time/epoch_s` and `time/train_s` (the run's seconds so far, validation in
 everything needed to continue the same run (weights, optimiser, schedule, RNG, epoch, the method's
 state and its auxiliary networks with their optimisers and schedules), made of
 tensors and plain types so that `torch.load(weights_only=True)` reads it back. Passing that
-state as `resume=` continues the run as if it had never stopped. The state holds the live tensors
+state as `resume=` continues the run as if it had never stopped (bit for bit on the CPU; on
+CUDA only with cfg.deterministic, see `cuda_kernels`). The state holds the live tensors
 (no copy per epoch): save it inside the callback.
 
 A method's auxiliary networks (smaraad/methods/base.py, `AuxNet`) are trained here but never
@@ -23,10 +24,11 @@ This module never imports Ray or MLflow: trainables/ adapts `report` to them.
 from __future__ import annotations
 
 import math
+import os
 import time
 from copy import deepcopy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -98,14 +100,59 @@ class BestState:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` means for a plain command, which may use every GPU it can see."""
+    return placed_device(name, None, visible_gpus())
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can see (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def placed_device(name: str, gpu_ids: Sequence[str] | None, cuda_count: int) -> torch.device:
+    """The device a run trains on: what cfg.device asks for (`name`) within what the run holds.
+
+    `gpu_ids`: the GPU ids a scheduler gave the run (Ray: `get_accelerator_ids()["GPU"]`), or
+    None for a plain command (it holds every visible GPU); `cuda_count`: torch's device count.
+    Ray points CUDA_VISIBLE_DEVICES at a task's own GPUs, but leaves it alone when the task holds
+    none (ray/_private/utils.py, set_visible_accelerator_ids), so a trial without a GPU still
+    sees the node's GPUs: it must train on the CPU, not on an unreserved cuda:0. "auto" is cuda:0
+    when the run holds a GPU, else the CPU; cuda:N must be one of the devices it holds."""
+    held = cuda_count if gpu_ids is None else min(len(gpu_ids), cuda_count)
+    allowed = ", ".join(["auto", "cpu", *(["cuda"] if held else []),
+                         *(f"cuda:{i}" for i in range(held))])
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} asked for but CUDA is not available; allowed: auto, cpu")
+        return torch.device("cuda:0" if held else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device: {name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+        raise ConfigError(f"device: {name!r} is not a device; allowed: {allowed}") from None
+    if device.type != "cuda":
+        return device
+    index = device.index or 0
+    if index >= held:
+        where = ("the trial holds no GPU (--gpus-per-trial)" if gpu_ids is not None and not held
+                 else "CUDA is not available" if not held else f"the run sees {held} GPU(s)")
+        raise ConfigError(f"device: {name!r} asked for but {where}; allowed: {allowed}")
+    return torch.device("cuda", index)
+
+
+def cuda_kernels(deterministic: bool, device: torch.device) -> None:
+    """cfg.deterministic on a CUDA device. On: cuDNN and cuBLAS run deterministic algorithms
+    only (torch.use_deterministic_algorithms; cuBLAS needs CUBLAS_WORKSPACE_CONFIG, set here
+    unless the user set it), so a rerun, or a run resumed from its state, repeats bit for bit; an
+    operation without a deterministic CUDA kernel raises instead of running. Off (the default):
+    cudnn.benchmark picks the fastest convolution kernels for the fixed batch shape, and atomic
+    adds in backward passes (scatter, index_add, bilinear resizing) make the last bits vary
+    between runs: a resumed CUDA run is close to, not equal to, one that never stopped. The CPU
+    kernels are deterministic either way."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -177,6 +224,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
     if spec.needs_natural_teacher and natural_teacher is None:
         raise ConfigError(f"method {cfg.method!r} also needs a naturally trained teacher")
     device = resolve_device(cfg.device)
+    cuda_kernels(cfg.deterministic, device)
     data = data if data is not None else load_splits(cfg)
     amp = training_precision(cfg) == "bf16"
     memory = torch.channels_last if cfg.channels_last else None
@@ -219,6 +267,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
                   state=dict(resume.get("method_state", {})) if resume else {},
                   aux=aux, student_optimizer=opt)
     stepped = [opt, *(net.optimizer for net in aux.values() if net.trainer_steps)]
+    finite = FiniteWatch()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         ctx.epoch = epoch
@@ -231,9 +280,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 terms = spec.loss(ctx, x, y)
             total = torch.stack(list(terms.values())).sum()  # student's and auxiliary terms
-            if not torch.isfinite(total):
-                raise DivergedError(f"loss is {total.item()} at epoch {epoch + 1} "
-                                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())})")
+            finite.step(total, terms, epoch)
             for o in stepped:
                 o.zero_grad(set_to_none=True)
             total.backward()
@@ -244,6 +291,7 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             for k, v in (("train/loss", loss), *((term_metric(k), v) for k, v in terms.items())):
                 sums[k] = sums.get(k, 0.0) + v.detach() * n
             seen += n
+        finite.check()
         for scheduler in (sched, *(net.scheduler for net in aux.values() if net.scheduler)):
             scheduler.step()
         trained = metrics.get("time/train_s", 0.0)  # earlier epochs', a resumed run's included
@@ -264,6 +312,47 @@ def fit(cfg: TrainConfig, *, teacher: nn.Module | None = None, data: Splits | No
             report(metrics, state)
     model.eval()
     return model, metrics
+
+
+class FiniteWatch:
+    """Whether every step's loss was finite, kept on the device and read every `every` steps and
+    at the end of each epoch: a check per step (`if not torch.isfinite(total)`) would make the
+    host wait for the GPU at every step. The terms of the first non-finite step are kept on the
+    device too, so the DivergedError still names its epoch, its step and each term's value; the
+    steps between it and the check are wasted, not harmful (the run stops there)."""
+
+    def __init__(self, every: int = 50):
+        self.every, self.pending = every, 0
+        self.epoch, self.index = -1, 0
+        self.names: tuple = ()
+        self.bad = self.first = None
+
+    def step(self, total: torch.Tensor, terms: dict, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.index = epoch, 0
+        self.index += 1
+        if tuple(terms) != self.names:  # the first step, or a method whose terms vary
+            self.check()
+            self.names = tuple(terms)
+            self.bad = torch.zeros((), dtype=torch.bool, device=total.device)
+            self.first = torch.zeros(len(terms) + 3, dtype=torch.float64, device=total.device)
+        where = [torch.full((1,), float(v), dtype=torch.float64, device=total.device)
+                 for v in (epoch + 1, self.index)]  # a fill, not a copy from the host
+        values = torch.stack([t.detach().to(torch.float64) for t in (total, *terms.values())])
+        new = ~torch.isfinite(total.detach()) & ~self.bad
+        self.first = torch.where(new, torch.cat([values, *where]), self.first)
+        self.bad = self.bad | new
+        self.pending += 1
+        if self.pending >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        """Raise DivergedError if a step so far had a non-finite loss (one host sync)."""
+        self.pending = 0
+        if self.bad is not None and bool(self.bad):
+            total, *values, epoch, index = self.first.tolist()
+            raise DivergedError(f"loss is {total} at epoch {int(epoch)}, step {int(index)} "
+                                f"({', '.join(f'{k}={v:.4g}' for k, v in zip(self.names, values))})")
 
 
 def term_metric(key: str) -> str:

@@ -54,8 +54,8 @@ class Experiment:
     teacher_dir: str | None = None  # where robustbench:NAME weights are
     download: bool = False          # fetch CIFAR (and zoo weights) when absent
     address: str | None = None      # a Ray cluster to join
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    cpus_per_trial: float | None = None   # None: chosen from the cluster (trainables.resources)
+    gpus_per_trial: float | None = None
     max_concurrent: int | None = None
     retries: int = 0
 
@@ -119,10 +119,8 @@ def execute(exp: Experiment) -> tuple[list[dict], "Plan"]:
     # The data first: a missing data set (or --download) is settled before Ray starts or a
     # teacher trains; the teachers are then measured on its validation split.
     data = load_splits(exp.template, download=exp.download)
-    cpus = cpu_count()
-    ex.init_ray(exp.address, None if exp.address else cpus)
-    if exp.address:  # trials run on the cluster's CPUs, not on this machine's
-        cpus = ex.cluster_cpus()
+    ex.init_ray(exp.address, None if exp.address else cpu_count())
+    res = trial_resources(exp)
 
     teachers = {}
     if any(METHODS[m].needs_teacher for m in exp.methods) or exp.transfer == TRANSFER_TEACHER:
@@ -146,14 +144,13 @@ def execute(exp: Experiment) -> tuple[list[dict], "Plan"]:
     setup = TrialSetup(configs=exp.configs, tracking=tracking, teachers=teachers, data=data,
                        natural_teacher=natural, transfer_from=exp.transfer,
                        transfer_source=source, eval_attacks=exp.attacks, eval_n=exp.eval_n,
-                       aa_n=exp.aa_n, threads=max(1, int(exp.cpus_per_trial)),
+                       aa_n=exp.aa_n, threads=max(1, int(res.cpus)),
                        tags={"smaraad.space": exp.space.name})
-    concurrency = exp.max_concurrent or max(1, int(cpus // exp.cpus_per_trial))
     plan = ex.Plan(space=exp.space, setup=setup, name=exp.name, storage_path=exp.storage_path,
                    epochs=exp.template.epochs, num_samples=exp.num_samples, seed=exp.seed,
                    seeds=exp.seeds, variants=exp.variants, objectives=exp.objectives,
-                   max_concurrent=concurrency, cpus_per_trial=exp.cpus_per_trial,
-                   gpus_per_trial=exp.gpus_per_trial, retries=exp.retries)
+                   max_concurrent=res.concurrent, cpus_per_trial=res.cpus,
+                   gpus_per_trial=res.gpus, retries=exp.retries)
     rows = ex.run(plan, resume=exp.resume)
     stopped = ex.stopped_trials(ex.experiment_path(plan))
     for row in rows:
@@ -198,6 +195,20 @@ def open_parent(exp: Experiment, teachers: dict, start_parent, client):
     save_json(exp.path / STATE_FILE, {"tracking": tracking.__dict__, "space": space.name,
                                       "kind": exp.kind, "command": exp.command})
     return tracking
+
+
+def trial_resources(exp: Experiment):
+    """Per-trial CPUs and GPUs and the trials at once (trainables/resources.py), said on the
+    terminal; a device the trials will not hold is refused before anything runs."""
+    from trainables.resources import check_device, current_cluster, plan_resources
+
+    cluster = current_cluster()
+    trials = len(exp.variants) * len(exp.seeds) if exp.variants else exp.num_samples
+    res = plan_resources(cluster, trials, cpus=exp.cpus_per_trial, gpus=exp.gpus_per_trial,
+                         max_concurrent=exp.max_concurrent)
+    check_device(exp.template.device, res.gpus)
+    print(res.describe(cluster), flush=True)
+    return res
 
 
 def status(row: dict, stopped: set) -> str:

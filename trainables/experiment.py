@@ -125,11 +125,6 @@ def join_cluster(address: str) -> None:
         raise UsageError(f"--address {address}: cannot join the Ray cluster; {hint}") from None
 
 
-def cluster_cpus() -> int:
-    """CPUs of every node of the cluster joined (what bounds the trials at once)."""
-    return int(ray.cluster_resources().get("CPU", 1))
-
-
 STOPPED_FILE = "asha_stopped.json"
 
 

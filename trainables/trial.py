@@ -32,9 +32,11 @@ from smaraad.config import TrainConfig
 from smaraad.data import Splits
 from smaraad.teacher_specs import TEACHER_KEY
 from smaraad.evaluation import evaluate_suite
+from smaraad.io import load_torch
 from smaraad.models import MODELS, build_model
 from smaraad.teachers import teacher_record
-from smaraad.trainer import BestState, fit, resolve_device, training_precision
+from smaraad.trainer import (BestState, fit, placed_device, resolve_device, training_precision,
+                             visible_gpus)
 from trainables.datasets import dataset_inputs
 from trainables.driver import TRANSFER_TEACHER, point_config
 from trainables.tracking import Tracking, TrialRun
@@ -128,7 +130,7 @@ def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
     torch.set_num_threads(max(1, setup.threads))
-    cfg = trial_config(setup, config)
+    cfg = placed(trial_config(setup, config))
     trial_id = tune.get_context().get_trial_id()
     flat = cfg.to_flat()
     chosen = pick_teacher(setup, config)
@@ -148,7 +150,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+            resume = load_torch(Path(d) / STATE_FILE)
     teacher = chosen.build() if chosen else None
 
     def report(epoch_metrics: dict, state: dict) -> None:
@@ -238,6 +240,13 @@ def log_dataset(run: TrialRun, cfg: TrainConfig, data: Splits) -> None:
     run.log_inputs(dataset_inputs(splits, cfg.dataset, {
         "data_root": cfg.data_root, "train_size": str(cfg.train_size),
         "val_size": str(cfg.val_size), "split_seed": str(cfg.split_seed)}))
+
+
+def placed(cfg: TrainConfig) -> TrainConfig:
+    """cfg on the device Ray placed the trial on: its own GPU(s), else the CPU, even where the
+    node's GPUs are visible to it (smaraad.trainer.placed_device)."""
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return cfg.replace(device=str(placed_device(cfg.device, gpu_ids, visible_gpus())))
 
 
 def node_tags() -> dict[str, str]:

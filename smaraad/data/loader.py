@@ -18,6 +18,17 @@ from torch import Tensor
 
 
 RESIDENT_SHARE = 0.25  # of the GPU's free memory a resident training set may take
+# byte -> float in [0, 1], each k / 255 correctly rounded to float32, made once on the CPU: the
+# batches are looked up in it on every device, so they are bit-equal everywhere (a division on
+# the device is not: CUDA divides by a scalar as a multiply by its reciprocal, one ulp off the
+# quotient for 126 of the 256 bytes)
+UNIT_TABLE = (torch.arange(256, dtype=torch.float64) / 255).to(torch.float32)
+
+
+def unit_floats(x: Tensor, table: Tensor = UNIT_TABLE) -> Tensor:
+    """uint8 images as float32 in [0, 1] on x's device, through UNIT_TABLE (`table`: a copy of
+    it already on that device)."""
+    return table.to(x.device)[x.long()]
 
 
 def fits_on(images: Tensor, device: torch.device) -> bool:
@@ -67,6 +78,7 @@ class BatchLoader:
             self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
         # pinned batches copy asynchronously; pinning needs CUDA
         self.pin = self.device.type == 'cuda' and not self.resident
+        self.table = UNIT_TABLE.to(self.device)
 
     def __len__(self) -> int:
         n = self.images.shape[0]
@@ -86,16 +98,19 @@ class BatchLoader:
         if self.augment:  # one crop offset (pixels, in [0, 2*pad]) and one flip per image
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
             flips = torch.rand(n, generator=g) < 0.5
-        if self.augment:  # one copy per epoch, indexed on the device per batch
+        # one copy per epoch, sliced and indexed on the device per batch (a copy per batch from
+        # pageable memory would make the host wait for the device at every step)
+        order_on = order.to(self.device)
+        if self.augment:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            on_device = idx.to(self.device)
+            part = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx, on_device = order[part], order_on[part]
             x = self._take(self.images, idx, on_device)
             if self.augment:
                 x = _crop_flip(x, offsets[on_device], flips[on_device], self.pad)
             y = self._take(self.labels, idx, on_device)
-            yield x.float().div_(255), y  # uint8 travels, float is made on the device
+            yield unit_floats(x, self.table), y  # uint8 travels, float is made on the device
 
     def _take(self, t: Tensor, idx: Tensor, on_device: Tensor) -> Tensor:
         """t[idx] on the loader's device: a gather where t lives there, else a host gather and

@@ -150,7 +150,10 @@ def budgets(p: LASATParams, actions: list[Tensor], dtype=torch.float32
 def policy_attack(model, x: Tensor, y: Tensor, eps: Tensor, step: Tensor, steps: Tensor,
                   start_eps: float) -> Tensor:
     """`Attack_policy_batch`: signed CE ascent, each image with its own eps ball, step size and
-    number of steps (an image stops moving after its steps); clipped to [0, 1]."""
+    number of steps (an image stops moving after its steps); clipped to [0, 1]. The loop runs to
+    the batch's largest step count, read from the device (the one wait for the GPU per call):
+    running every call to the largest allowed count instead would cost more passes whenever the
+    strategy prefers short attacks."""
     x = x.detach()
     delta = ((x + torch.empty_like(x).uniform_(-start_eps, start_eps)).clamp(0, 1) - x)
     for t in range(int(steps.max().item()) if steps.numel() else 0):
@@ -229,9 +232,10 @@ def las_at_loss(ctx: Context, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     eps, step, steps = budgets(p, actions, x.dtype)
     with model_mode(ctx.student, False):
         x_adv = policy_attack(ctx.student, x, y, eps, step, steps, p.start_eps_255 / 255)
-    log = lambda v: torch.tensor(float(v), device=x.device, dtype=x.dtype)  # noqa: E731 (logging)
+    # logged terms, made on the device: a fill and two means, no wait for the GPU (.item())
+    fill = lambda v: torch.full((), float(v), device=x.device, dtype=x.dtype)  # noqa: E731
     return {"ce_adv_ls": smoothed_ce(ctx.student(x_adv), y, p.factor),
-            aux_term(STRATEGY, "reward"): log(s.get("las_at/reward", 0.0)),
-            aux_term(STRATEGY, "policy_loss"): log(s.get("las_at/policy_loss", 0.0)),
-            aux_term(STRATEGY, "eps_255"): log(eps.mean().item() * 255),
-            aux_term(STRATEGY, "steps"): log(steps.float().mean().item())}
+            aux_term(STRATEGY, "reward"): fill(s.get("las_at/reward", 0.0)),
+            aux_term(STRATEGY, "policy_loss"): fill(s.get("las_at/policy_loss", 0.0)),
+            aux_term(STRATEGY, "eps_255"): (eps.mean() * 255).detach(),
+            aux_term(STRATEGY, "steps"): steps.to(x.dtype).mean()}
