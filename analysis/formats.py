@@ -115,12 +115,12 @@ def model_info(trial: pd.Series, *, experiment: str, parent_tags: dict) -> dict:
 
 
 def _teacher(trial: pd.Series) -> str:
-    """The trial's teacher as it logged it, "none" for a method that distils from none (the
-    experiment's teacher is still in its params)."""
+    """The trial's teacher as it logged it (its name, else the config's teacher architecture),
+    "none" for a method that distils from none (the experiment's teacher is still in its params)."""
     spec = METHODS.get(trial.get("params.method", ""))
     if spec is not None and not (spec.needs_teacher or spec.needs_natural_teacher):
         return "none"
-    return str(trial.get("params.teacher") or "none")
+    return str(trial.get("params.teacher") or trial.get("params.teacher_arch") or "none")
 
 
 def _installed() -> str:
