@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from smaraad.errors import UserError
-from smaraad.paths import default_tracking_uri
+from smaraad.paths import default_tracking_uri, fail_fast_tracking
 
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "smaraad.kind"
@@ -57,9 +57,7 @@ def connect(uri: str) -> MlflowClient:
         except OSError:
             raise TrackingError(f"--tracking-uri {uri}: no MLflow server answers at "
                                 f"{parsed.hostname}:{port}") from None
-        # MLflow's default retries a dead server for minutes; fail in seconds instead
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        fail_fast_tracking(uri)
     try:  # a missing database driver, a refused login, a file store MLflow refuses
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)

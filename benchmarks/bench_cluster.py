@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from services import CLUSTER_SPACE, SMALL_RUN, RayCluster  # noqa: E402  (the tests' helpers)
+from trainables.services import CLUSTER_SPACE, SMALL_RUN, RayCluster
 
 
 

@@ -20,7 +20,8 @@ from smaraad.cli import Parser, UsageError
 from smaraad.config import DEFAULT_DATASET, TRAIN_KEYS, TrainConfig, preset_config
 from smaraad.data import registry as data_registry
 from smaraad.options import add_run_options, check_teacher, run_options
-from smaraad.paths import default_tracking_uri, folder_or_absent, writable_dir, writable_file
+from smaraad.paths import (default_tracking_uri, fail_fast_tracking, folder_or_absent,
+                           writable_dir, writable_file)
 from smaraad.teacher_specs import DEFAULT_NAME, TEACHER_KEY, from_options
 from trainables.driver import TRANSFER_TEACHER, Experiment, point_config
 
@@ -209,8 +210,7 @@ def check_tracking_uri(uri: str) -> None:
         host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
         if not _reachable(host, port):
             raise UsageError(f"--tracking-uri {uri}: no MLflow server answers at {host}:{port}")
-        from trainables.tracking import env_for_remote
-        env_for_remote(uri)
+        fail_fast_tracking(uri)
     elif parsed.scheme == "sqlite":
         writable_file(uri[len("sqlite:///"):], "--tracking-uri", parent_must_exist=True)
     elif parsed.scheme not in ("file", "postgresql", "mysql", "databricks") and parsed.scheme:

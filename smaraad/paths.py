@@ -27,6 +27,14 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def fail_fast_tracking(uri: str) -> None:
+    """An MLflow server (http(s) URI) that stops answering fails a call in seconds instead of
+    MLflow's default minutes of retries; the user's own settings of the two variables win."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def _deepest_folder(path: str | os.PathLike, option: str, *, of_file: bool = False) -> Path:
     """The deepest part of `path` (of its folder where `of_file`) that exists, which must be a
     folder: a file there or above is refused (pathlib's exists() is False under a file)."""

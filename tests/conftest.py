@@ -56,7 +56,7 @@ FAST_NODE_FAILURE = {"RAY_health_check_period_ms": "1000",
 def ray_cluster():
     """A head and one worker node (1 CPU each) started with `ray start`, token authentication on;
     its `env` is what a driver needs to join it."""
-    from services import RayCluster
+    from trainables.services import RayCluster
 
     cluster = RayCluster(head_cpus=1, worker_cpus=(1,), system_env=FAST_NODE_FAILURE)
     yield cluster
@@ -66,7 +66,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def postgres():
     """A PostgreSQL server of its own on 127.0.0.1 (skipped without the server binaries)."""
-    from services import Postgres, postgres_bin
+    from trainables.services import Postgres, postgres_bin
 
     bindir = postgres_bin()
     if bindir is None:
@@ -94,7 +94,7 @@ def shared_storage(tmp_path_factory):
 @pytest.fixture(scope="module")
 def postgres_tracking(postgres, shared_storage):
     """`mlflow server` over the PostgreSQL database, artifacts on the shared storage."""
-    from services import mlflow_server
+    from trainables.services import mlflow_server
 
     with mlflow_server(postgres.uri, artifact_root=str(shared_storage / "mlflow-artifacts")) as uri:
         yield uri

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
-from services import free_port
+from trainables.services import free_port
 from matplotlib.image import imread
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import CLUSTER_SPACE, SMALL_RUN, stop_group
+from trainables.services import CLUSTER_SPACE, SMALL_RUN, stop_group
 
 pytestmark = pytest.mark.slow
 # The kill must land between a trial's 2nd epoch and its end (~1 s each on an idle CPU): the

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from services import get, mlflow_server
+from trainables.services import get, mlflow_server
 from test_analysis import one_thread, store  # noqa: F401  (store: the module-scoped fixture)
 
 from analysis import load_runs

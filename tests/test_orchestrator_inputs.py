@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from services import free_port
+from trainables.services import free_port
 from orchestrator import ablate, tune
 from smaraad.cli import UsageError
 from smaraad.models import build_model, save_checkpoint

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
-from services import kill_tree
+from trainables.services import kill_tree
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

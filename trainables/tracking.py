@@ -10,7 +10,6 @@ run as artifacts (analysis/report.py).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -152,10 +151,3 @@ def close_trial_run(tracking: Tracking, trial_id: str, *, status: str,
         _retry(c.log_batch, run.info.run_id, tags=[RunTag(k, _short(v)) for k, v in tags.items()])
     if run.info.status == "RUNNING":
         _retry(c.set_terminated, run.info.run_id, status=status)
-
-
-def env_for_remote(uri: str) -> None:
-    """Fail fast on an unreachable server instead of MLflow's minutes of retries."""
-    if uri.startswith(("http://", "https://")):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

@@ -1,6 +1,6 @@
-"""Real services the cluster tests and benchmarks start on this machine, each on free ports, in a
-folder of its own, and stopped at the end: a Ray cluster of several nodes, PostgreSQL, an MLflow
-tracking server.
+"""Real services that the tests and benchmarks/bench_cluster.py start on this machine, each on free
+ports, in a folder of its own, and stopped at the end: a Ray cluster of several nodes, PostgreSQL,
+an MLflow tracking server.
 
 Ray's nodes are started the way a user starts them, `ray start --head` and `ray start --address`,
 each with its own --temp-dir (so the `ray_current_cluster` file that a plain `ray.init()` would
