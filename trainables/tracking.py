@@ -28,13 +28,21 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def _retry(fn, *args, attempts: int = 8, **kwargs):
-    """SQLite refuses concurrent writers now and then ("database is locked"): back off, retry."""
+LOCKED = ("locked",)  # SQLite refuses concurrent writers now and then ("database is locked")
+# Two trials logging the same data set at once: MLflow's store looks the (experiment, name,
+# digest) row up, finds none and inserts it in both, and the slower insert breaks the unique key
+# (SQLite's "UNIQUE constraint failed", PostgreSQL's "duplicate key value"). Tried again, the
+# store finds the row the other trial wrote and only links its run to it.
+DATASET_RACE = (*LOCKED, "UNIQUE constraint failed", "duplicate key value")
+
+
+def _retry(fn, *args, attempts: int = 8, transient: tuple = LOCKED, **kwargs):
+    """Call fn; on an error whose message holds one of `transient`, back off and call it again."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # mlflow wraps sqlalchemy's OperationalError in MlflowException
-            if "locked" not in str(exc) or i == attempts - 1:
+        except Exception as exc:  # mlflow wraps sqlalchemy's errors in MlflowException
+            if not any(t in str(exc) for t in transient) or i == attempts - 1:
                 raise
             time.sleep(0.2 * 2 ** i)
 
@@ -131,8 +139,9 @@ class TrialRun:
 
     def log_inputs(self, datasets: list) -> None:
         """Dataset inputs (MLflow DatasetInput); the store skips a (name, digest) the run holds,
-        so a restarted trial can log them again."""
-        _retry(self.c.log_inputs, self.run_id, datasets=datasets)
+        so a restarted trial can log them again; trials that log one data set at once are
+        retried past the store's race (DATASET_RACE)."""
+        _retry(self.c.log_inputs, self.run_id, datasets=datasets, transient=DATASET_RACE)
 
     def finish(self, status: str = "FINISHED") -> None:
         _retry(self.c.set_terminated, self.run_id, status=status)
