@@ -223,3 +223,19 @@ def test_the_gpu_part_is_named_before_its_peak_is_used(name, part):
     assert gpu_model(name) == part
     if part:
         assert GPU_PEAKS[part]["bf16"] > GPU_PEAKS[part]["tf32"] > GPU_PEAKS[part]["fp32"]
+
+
+def test_a_trial_worker_of_the_local_instance_runs_at_the_drivers_niceness():
+    """Ray's default would start it at 15, behind every other process on the machine."""
+    import os
+
+    import ray
+
+    from trainables.experiment import init_ray
+
+    init_ray(None, 1)
+    try:
+        niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
+    finally:
+        ray.shutdown()
+    assert niceness == os.nice(0) == 0

@@ -88,6 +88,12 @@ QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 # MLflow announces a new SQLite store's tables on the driver; its warnings and errors still show.
 CHATTY_LOGGERS = ("mlflow.store.db.utils",)
+# Ray starts its workers at niceness 15 (its `worker_niceness`), so that its driver and raylet stay
+# responsive. A trial is then the first process to lose a core to anything else on the machine,
+# where `python -m smaraad.train` runs at 0: on a shared 2-core VM the lone trial showed as
+# ps NI 15 while other jobs ran. The driver and Ray's services use ~3 % of one core during training
+# (docs/measurements.md), so the local instance starts its workers at the driver's niceness, 0.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -103,7 +109,8 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         join_cluster(address)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False,
+                 _system_config=LOCAL_SYSTEM_CONFIG)
 
 
 def join_cluster(address: str) -> None:
