@@ -23,7 +23,8 @@ from smaraad.options import add_run_options, check_teacher, run_options
 from smaraad.paths import (default_tracking_uri, fail_fast_tracking, folder_or_absent,
                            writable_dir, writable_file)
 from smaraad.teacher_specs import DEFAULT_NAME, TEACHER_KEY, from_options
-from trainables.driver import TRANSFER_TEACHER, Experiment, point_config
+from trainables.driver import Experiment
+from trainables.points import TRANSFER_TEACHER, point_config
 
 SMOKE = {"epochs": 2, "num_samples": 2, "eval_n": 64, "teacher_epochs": 2, "train_size": 1500,
          "val_max": 200}

@@ -21,7 +21,8 @@ import torch
 
 from smaraad.cost import cpu_step_seconds, step_flops
 from smaraad.data.registry import dataset
-from trainables.driver import Experiment, point_config
+from trainables.driver import Experiment
+from trainables.points import point_config
 
 UTILISATION = 0.40   # of the dense peak: what well-fed convolutional training typically sustains
 CPU_BATCH = 2        # images in the measured CPU step

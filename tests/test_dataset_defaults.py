@@ -191,7 +191,7 @@ def resolved(tmp_path, *argv):
 
 
 def test_set_in_a_methods_grid_reaches_every_method_that_has_the_key(tmp_path):
-    from trainables.driver import point_config
+    from trainables.points import point_config
 
     space, r = resolved(tmp_path, "--dataset", "cifar100", "--set", "scale=10",
                         "--set", "alpha=0.5", "--set", "epochs=3")

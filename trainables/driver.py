@@ -17,11 +17,10 @@ from pathlib import Path
 from smaraad.config import TrainConfig
 from smaraad.io import save_json
 from smaraad.methods import METHODS
-from smaraad.teacher_specs import TEACHER_KEY
+from trainables.points import TRANSFER_TEACHER
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 TEACHER_ARTIFACT_MAX = 256 * 2**20  # bytes; larger teachers are referenced by path only
-TRANSFER_TEACHER = "teacher"  # --transfer-from: the trial's own teacher
 
 
 @dataclass(frozen=True)
@@ -71,14 +70,6 @@ class Experiment:
     @property
     def path(self) -> Path:
         return Path(self.storage_path) / self.name
-
-
-def point_config(configs: dict, point: dict, teacher_names=()) -> TrainConfig:
-    """A point's config: its method's resolved config with the point's other values applied
-    (checked); a `teacher` value among `teacher_names` names a teacher, not an architecture."""
-    values = {k: v for k, v in point.items()
-              if k != "method" and not (k == TEACHER_KEY and v in teacher_names)}
-    return configs[point.get("method", next(iter(configs)))].with_values(values)
 
 
 def parent_state(exp_dir: Path) -> dict | None:

@@ -38,7 +38,7 @@ from smaraad.teachers import teacher_record
 from smaraad.trainer import (BestState, fit, placed_device, resolve_device, training_precision,
                              visible_gpus)
 from trainables.datasets import dataset_inputs
-from trainables.driver import TRANSFER_TEACHER, point_config
+from trainables.points import TRANSFER_TEACHER, point_config
 from trainables.tracking import Tracking, TrialRun
 
 STATE_FILE = "state.pt"
