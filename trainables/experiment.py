@@ -8,9 +8,7 @@ Everything that knows Ray's API lives here and in trial.py; the driver (driver.p
 - OptunaSearch refuses grid_search, so grids use the default search algorithm;
 - `Tuner.restore(..., restart_errored=True)` with OptunaSearch dies; `resume_errored=True` works;
 - `num_to_keep=2` plus a hard kill can point the state at a deleted checkpoint: keep 3;
-- a failed trial is logged with its traceback by Tune's controller logger, but a lost node is
-  printed by Ray's driver itself (ray._private.worker.print_to_stdstream): RayFailureLog takes
-  both to a file.
+- Ray's own failure reports (tracebacks, a dead node) go to a file (trainables/failures.py).
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +29,7 @@ from smaraad import metrics
 from smaraad.cli import UsageError
 from smaraad.io import save_json
 
+from trainables.failures import ERRORS_LOG, ray_failures_to
 from trainables.tracking import Tracking, close_trial_run
 from trainables.trial import COMPLETED, NODE_ID, TrialSetup, fmt, run_trial
 
@@ -327,71 +324,8 @@ def experiment_path(plan: Plan) -> str:
     return str(Path(plan.storage_path) / plan.name)
 
 
-ERRORS_LOG = "ray_errors.log"
-# Tune's record of a failed trial task: `ERROR tune_controller.py ... Trial task failed for trial
-# ...` and the exception's traceback (~20 lines of ActorUnavailableError for a lost node).
-TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
-TRIAL_TASK_FAILED = "Trial task failed"
-# The GCS's message to every driver when a node stops answering, which Ray's driver prints itself
-# (ray._private.worker.print_to_stdstream, "(raylet) The node with node id: ... has been marked
-# dead because ..."), not through a logger.
-NODE_DEAD = re.compile(r"The node with node id: (\w+) and address: (\S+)")
-
-
-class RayFailureLog(logging.Filter):
-    """Ray's own reports of a failure, off the driver's terminal and into the experiment's
-    ray_errors.log: Tune's failed-trial record with its traceback (Progress prints our line for
-    it) and the GCS's message that a node was marked dead (for which this prints our line:
-    `node 3b8b7f37 10.0.0.7 lost: Ray marked it dead; Ray's message: <file>`)."""
-
-    def __init__(self, path: str, print_ray=None):
-        super().__init__()
-        self.path, self.print_ray = path, print_ray
-        self.file = logging.FileHandler(path, delay=True)  # created on the first failure
-        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
-                                                 "%(message)s"))
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith(TRIAL_TASK_FAILED):
-            self.file.handle(record)
-            return False
-        return True
-
-    def print_to_stdstream(self, data: dict, ignore_prefix: bool) -> None:
-        """Stands in for Ray's printer of GCS messages: a node's death goes to the file."""
-        text = "\n".join(data.get("lines", []))
-        dead = NODE_DEAD.search(text)
-        if not dead:
-            return self.print_ray(data, ignore_prefix)
-        self.file.handle(logging.makeLogRecord({"name": "ray.gcs", "levelname": "WARNING",
-                                                "levelno": logging.WARNING, "msg": text}))
-        print(f"node {dead[1][:8]} {dead[2]} lost: Ray marked it dead; its trials continue on "
-              f"the other nodes where --retries allows; Ray's message: {self.path}", flush=True)
-
-
 def errors_log(plan: Plan) -> str:
     return str(Path(experiment_path(plan)) / ERRORS_LOG)
-
-
-@contextmanager
-def ray_failures_to(path: str):
-    """While the experiment runs, Ray's reports of failures go to `path` (RayFailureLog). Both
-    hooks leave with the experiment, so a second experiment in the same process does not write
-    into the first one's file."""
-    import ray._private.worker as ray_worker  # private: where Ray moves it, its line stays
-
-    logger = logging.getLogger(TUNE_CONTROLLER)
-    divert = RayFailureLog(path, getattr(ray_worker, "print_to_stdstream", None))
-    logger.addFilter(divert)
-    if divert.print_ray:
-        ray_worker.print_to_stdstream = divert.print_to_stdstream
-    try:
-        yield
-    finally:
-        logger.removeFilter(divert)
-        if divert.print_ray:
-            ray_worker.print_to_stdstream = divert.print_ray
-        divert.file.close()
 
 
 def run(plan: Plan, *, resume: bool) -> list[dict]:
