@@ -21,9 +21,11 @@ Wall = Ray's start + teachers + (trials / concurrency) x (training + validation 
 Everything measured here on a loaded machine is an upper bound; on an idle one the estimate drops.
 
 --run runs the campaign itself (`python -m orchestrator.ablate`, fresh teacher cache unless
---keep-cache) and prints its measured wall time against the budget.
+--keep-cache) and prints its measured wall time against the budget; with --out DIR its stores,
+teachers and report are kept in DIR (docs/results/ is made from them) and a stopped campaign resumes.
 
-    python benchmarks/bench_campaigns.py [--dataset fashion_mnist] [--aa-model ckpt.pt] [--run]
+    python benchmarks/bench_campaigns.py [--dataset fashion_mnist] [--aa-model ckpt.pt] \
+        [--run [--out DIR]] [--campaigns ablation,methods,teachers]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -146,8 +149,9 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
     teacher_cfg = preset_config({"dataset": data_name, "method": "pgd_at",
                                  "student": first.teacher_arch})
     teacher_s = step_seconds("pgd_at", teacher_cfg, None, entry, threads=2) * images
-    n_teachers = max(1, len(space.teachers))
-    teacher_epochs = teacher_cfg.epochs
+    specs = [t.fields for t in space.teachers.values() if t.kind == "recipe"] or [{}]
+    teacher_epochs = sum(t.get("epochs", teacher_cfg.epochs) for t in specs) / len(specs)
+    n_teachers = len(specs)
     teachers = n_teachers * (teacher_s + ev["val"] / 2 * val) * teacher_epochs
     wall = RAY_START_S + teachers + sum(trials) / CONCURRENCY
     log(f"\n{space_name} on {data_name}: {len(trials)} trials ({len(configs)} variants x {seeds} "
@@ -167,18 +171,28 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
 
 
 def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: bool,
-                 log=print) -> float:
+                 out: str | None = None, log=print) -> float:
+    """Run the campaign and time it. With `out`, its Ray storage, MLflow store, teacher cache and
+    report are kept there (the results a campaign is run for), and a campaign already started
+    there resumes (`--resume`): the wall time printed is then this run's, not the campaign's."""
     with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
-        env = dict(os.environ, **({} if keep_cache else {"SMARAAD_CACHE": tmp}))
+        root = Path(out).resolve() if out else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"bench-{space_name}"
+        resume = (root / "ray" / name).exists()
+        cache = root / "cache" if out else Path(tmp)
+        env = dict(os.environ, **({} if keep_cache else {"SMARAAD_CACHE": str(cache)}))
         cmd = [sys.executable, "-m", "orchestrator.ablate", "--space", space_name, "--dataset",
-               data_name, "--storage-path", f"{tmp}/ray", "--tracking-uri",
-               f"sqlite:///{tmp}/mlflow.db", "--no-report", "--name", f"bench-{space_name}"]
+               data_name, "--storage-path", str(root / "ray"), "--tracking-uri",
+               f"sqlite:///{root}/mlflow.db", "--name", name]
+        cmd += ["--resume"] if resume else []
+        cmd += [] if out else ["--no-report"]
         t = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True)
+        subprocess.run(cmd, env=env, check=True, cwd=root if out else None)
         wall = time.perf_counter() - t
     verdict = "within" if wall <= budget else "OVER"
     log(f"{space_name} on {data_name}: measured wall {wall / 60:.1f} min against "
-        f"{budget / 60:.0f} min: {verdict}")
+        f"{budget / 60:.0f} min: {verdict}" + (" (resumed: this run only)" if resume else ""))
     return wall
 
 
@@ -189,6 +203,7 @@ def main() -> None:
     p.add_argument("--aa-model", help="a trained checkpoint to time AutoAttack on")
     p.add_argument("--run", action="store_true", help="run each campaign and time it")
     p.add_argument("--keep-cache", action="store_true", help="with --run: reuse cached teachers")
+    p.add_argument("--out", help="with --run: keep each campaign's stores here, resuming it")
     args = p.parse_args()
     wanted = [c.strip() for c in args.campaigns.split(",") if c.strip()]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -196,7 +211,7 @@ def main() -> None:
           f"{torch.__version__}, load average {load:.1f} at start")
     for name, budget in CAMPAIGNS:
         if name in wanted:
-            (run_campaign(name, budget, args.dataset, args.keep_cache) if args.run
+            (run_campaign(name, budget, args.dataset, args.keep_cache, args.out) if args.run
              else estimate(name, budget, args.dataset, args.aa_model))
 
 
