@@ -31,8 +31,10 @@ teachers and report are kept in DIR (docs/results/ is made from them) and a stop
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -171,10 +173,11 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
 
 
 def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: bool,
-                 out: str | None = None, log=print) -> float:
+                 out: str | None = None, results: str | None = None, log=print) -> float:
     """Run the campaign and time it. With `out`, its Ray storage, MLflow store, teacher cache and
     report are kept there (the results a campaign is run for), and a campaign already started
-    there resumes (`--resume`): the wall time printed is then this run's, not the campaign's."""
+    there resumes (`--resume`): the wall time printed is then this run's, not the campaign's.
+    With `results` too, the report and a record of the run go to `results/<campaign>/`."""
     with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
         root = Path(out).resolve() if out else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -187,13 +190,45 @@ def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: boo
                f"sqlite:///{root}/mlflow.db", "--name", name]
         cmd += ["--resume"] if resume else []
         cmd += [] if out else ["--no-report"]
+        load, where = os.getloadavg()[0], machine()  # the code as it starts
         t = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, cwd=root if out else None)
         wall = time.perf_counter() - t
     verdict = "within" if wall <= budget else "OVER"
     log(f"{space_name} on {data_name}: measured wall {wall / 60:.1f} min against "
         f"{budget / 60:.0f} min: {verdict}" + (" (resumed: this run only)" if resume else ""))
+    if results:
+        keep_results(root / "reports" / name, Path(results) / space_name,
+                     {"campaign": space_name, "dataset": data_name,
+                      "command": " ".join(["python", "-m", *cmd[2:]]), "wall_s": round(wall, 1),
+                      "budget_s": budget, "resumed": resume, "load_at_start": round(load, 2),
+                      **where})
     return wall
+
+
+def machine() -> dict:
+    """What a campaign's figures were measured on."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                 platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
+    return {"cpu": model, "cpus": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "commit": commit}
+
+
+def keep_results(report: Path, dest: Path, run: dict) -> None:
+    """Copy a campaign's report (tables, statistics, verdicts, the community formats) to `dest`
+    and append this run (its machine, commit and wall time) to `dest/campaign.json`: a campaign
+    spread over several runs lists each."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(report, dest, dirs_exist_ok=True)
+    record = dest / "campaign.json"
+    runs = json.loads(record.read_text())["runs"] if record.exists() else []
+    runs.append({**run, "finished": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                               time.gmtime())})
+    total = sum(r["wall_s"] for r in runs)
+    record.write_text(json.dumps({"runs": runs, "wall_s": round(total, 1)}, indent=2) + "\n")
 
 
 def main() -> None:
@@ -204,6 +239,8 @@ def main() -> None:
     p.add_argument("--run", action="store_true", help="run each campaign and time it")
     p.add_argument("--keep-cache", action="store_true", help="with --run: reuse cached teachers")
     p.add_argument("--out", help="with --run: keep each campaign's stores here, resuming it")
+    p.add_argument("--results", help="with --out: copy each report and a record of the run here "
+                   "(e.g. docs/results/fashion_mnist)")
     args = p.parse_args()
     wanted = [c.strip() for c in args.campaigns.split(",") if c.strip()]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -211,7 +248,8 @@ def main() -> None:
           f"{torch.__version__}, load average {load:.1f} at start")
     for name, budget in CAMPAIGNS:
         if name in wanted:
-            (run_campaign(name, budget, args.dataset, args.keep_cache, args.out) if args.run
+            (run_campaign(name, budget, args.dataset, args.keep_cache, args.out,
+                          args.results) if args.run
              else estimate(name, budget, args.dataset, args.aa_model))
 
 
