@@ -25,7 +25,9 @@ from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
 from smaraad.options import RunOptions, add_run_options, check_teacher, run_options
 from smaraad.paths import folder_or_absent, writable_dir
-from smaraad.trainer import BestState, fit, load_splits, training_precision
+from smaraad.attacks import from_255
+from smaraad.evaluation import evaluate_best
+from smaraad.trainer import BestState, fit, load_splits, resolve_device, training_precision
 
 
 def parser() -> Parser:
@@ -103,12 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         final = evaluate_checkpoint(str(out / "checkpoint.pt"), attacks=attacks, n=eval_n,
                                     aa_n=aa_n, seed=cfg.seed, splits=data, device=cfg.device,
                                     log=None)
+        final.update(evaluate_best(best_model, best.epoch, data.test, eps=from_255(cfg.eps_255),
+                                   n=eval_n, device=resolve_device(cfg.device), seed=cfg.seed))
+        print(f"test (n = {final['n']}" + (f", AutoAttack on the first {final['aa/n']}"
+                                            if "aa/n" in final else "") + "): "
+              + "  ".join(f"{k[5:]} {v:.3g}" for k, v in final.items() if k.startswith("test/")))
         summary.update({k: v for k, v in final.items()
                         if k.startswith(("test/", "masking/", "aa/")) or k == "n"},
                        flags=final.get("flags", []))
-        print(f"test (n = {final['n']}" + (f", AutoAttack on the first {final['aa/n']}"
-                                            if "aa/n" in final else "") + "): "
-              + "  ".join(f"{k[5:]} {v:.3f}" for k, v in final.items() if k.startswith("test/")))
     save_json(out / "metrics.json", {**metrics, **summary})
     print(f"wrote {out / 'metrics.json'}, {out / 'checkpoint.pt'}"
           + (f" and {out / 'best.pt'} (epoch {best.epoch})" if best_model is not None else ""))

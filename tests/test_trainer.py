@@ -135,6 +135,10 @@ def test_train_command_writes_metrics_and_a_loadable_checkpoint(tmp_path, capsys
     assert not model.training and model.arch == "small_cnn"
     assert load_checkpoint(out / "best.pt").arch == "small_cnn"  # the best-val weights beside it
     assert metrics["best"] == {"epoch": 1, "metric": "val/pgd_acc", "score": metrics["val/pgd_acc"]}
+    # the best weights are scored as a trial scores them; with one epoch they are the last ones
+    assert metrics["test/best_epoch"] == 1
+    assert (metrics["test/best_clean_acc"], metrics["test/best_pgd20_acc"]) == (
+        metrics["test/clean_acc"], metrics["test/pgd20_acc"])
 
     student = tmp_path / "student"
     code, stdout, err = run_cli(train.main, [

@@ -31,7 +31,7 @@ from smaraad.attacks import from_255
 from smaraad.config import TrainConfig
 from smaraad.data import Splits
 from smaraad.teacher_specs import TEACHER_KEY
-from smaraad.evaluation import evaluate_suite
+from smaraad.evaluation import evaluate_best, evaluate_suite
 from smaraad.io import load_torch
 from smaraad.models import MODELS, build_model
 from smaraad.teachers import teacher_record
@@ -186,7 +186,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             run.set_tags({"smaraad.transfer_from": f"teacher {chosen.name}" if source is teacher
                           else setup.transfer_from})
         flags = final.pop("flags", [])
-        final.update(evaluate_best(best, model, setup, cfg, device))
+        final.update(evaluate_best(best.model_like(model), best.epoch, setup.data.test,
+                                   eps=from_255(cfg.eps_255), n=setup.eval_n, device=device,
+                                   seed=cfg.seed))
         final[PEAK_MEMORY] = peak_memory_mb(device)
         scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         run.log_metrics(scalars, step=cfg.epochs)
@@ -207,21 +209,6 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
         run.finish("FAILED")
         raise
-
-
-def evaluate_best(best: BestState, model: torch.nn.Module, setup: TrialSetup, cfg: TrainConfig,
-                  device: torch.device) -> dict:
-    """The best-on-validation weights scored on the same test images as the last ones, by the
-    registry's BEST_OF attacks: `test/best_<field>` and `test/best_epoch` ({} before any epoch)."""
-    candidate = best.model_like(model)
-    if candidate is None:
-        return {}
-    result = evaluate_suite(candidate, setup.data.test, attacks=metrics.BEST_OF, n=setup.eval_n,
-                            device=device, seed=cfg.seed, eps=from_255(cfg.eps_255),
-                            check_masking=False)
-    scores = {metrics.best(m).key(): result[m.key()]
-              for m in (metrics.REGISTRY[a] for a in metrics.BEST_OF)}
-    return {**scores, metrics.BEST_EPOCH.key(): best.epoch}
 
 
 def peak_memory_mb(device: torch.device) -> float:
