@@ -207,16 +207,22 @@ def evaluate_suite(model: nn.Module, data: tuple[Tensor, Tensor], *,
 
 
 def evaluate_best(candidate: nn.Module | None, epoch: int, data: tuple[Tensor, Tensor], *,
-                  eps: float, n: int = 0, device: torch.device | str = "cpu",
-                  seed: int = 0) -> dict:
+                  eps: float, n: int = 0, device: torch.device | str = "cpu", seed: int = 0,
+                  last: dict | None = None, last_epoch: int | None = None) -> dict:
     """The best-on-validation weights (`candidate`, from epoch `epoch`; None before any epoch: {})
     scored on the same test images as the last ones, by the registry's BEST_OF attacks (clean and
     PGD-20): `test/best_<field>` and `test/best_epoch`. Robust overfitting makes the best and the
-    last weights differ; both the training command and a trial report both."""
+    last weights differ; both the training command and a trial report both. When the best epoch
+    is the last (`last_epoch`) the weights are the same, and the last weights' scores (`last`,
+    from the same images and seed) are taken rather than computed again."""
     if candidate is None:
         return {}
-    result = evaluate_suite(candidate, data, attacks=metrics.BEST_OF, n=n, device=device,
-                            seed=seed, eps=eps, check_masking=False)
+    keys = [metrics.REGISTRY[a].key() for a in metrics.BEST_OF]
+    if epoch == last_epoch and last is not None and all(k in last for k in keys):
+        result = last
+    else:
+        result = evaluate_suite(candidate, data, attacks=metrics.BEST_OF, n=n, device=device,
+                                seed=seed, eps=eps, check_masking=False)
     scores = {metrics.best(m).key(): result[m.key()]
               for m in (metrics.REGISTRY[a] for a in metrics.BEST_OF)}
     return {**scores, metrics.BEST_EPOCH.key(): epoch}

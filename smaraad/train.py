@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     aa_n=aa_n, seed=cfg.seed, splits=data, device=cfg.device,
                                     log=None)
         final.update(evaluate_best(best_model, best.epoch, data.test, eps=from_255(cfg.eps_255),
-                                   n=eval_n, device=resolve_device(cfg.device), seed=cfg.seed))
+                                   n=eval_n, device=resolve_device(cfg.device), seed=cfg.seed,
+                                   last=final, last_epoch=cfg.epochs))
         print(f"test (n = {final['n']}" + (f", AutoAttack on the first {final['aa/n']}"
                                             if "aa/n" in final else "") + "): "
               + "  ".join(f"{k[5:]} {v:.3g}" for k, v in final.items() if k.startswith("test/")))

@@ -11,7 +11,7 @@ from test_attacks import ConstantModel, held_out, natural_model, one_thread  # n
 from smaraad.attacks import pgd
 from smaraad.cli import run
 from smaraad.evaluate import main
-from smaraad.evaluation import ATTACKS, cam_distance, evaluate_suite
+from smaraad.evaluation import ATTACKS, cam_distance, evaluate_best, evaluate_suite
 from smaraad.models import build_model, save_checkpoint
 from smaraad.sanity import SanityWarning, sanity_flags, tolerance
 
@@ -226,3 +226,22 @@ def test_cli_as_a_process_exits_2_on_a_missing_checkpoint(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and not out.exists()
     assert proc.stderr.count("\n") == 1
+
+
+def test_the_best_weights_are_scored_unless_they_are_the_last_ones():
+    """evaluate_best scores the best-on-validation weights with clean and PGD-20 on the same
+    images; when the best epoch is the last the weights are the same, so the last scores are taken
+    (the test's fake ones prove no attack ran)."""
+    model, (x, y) = natural_model(), held_out()
+    data = (x[:64], y[:64])
+    fake = {"test/clean_acc": 0.123, "test/pgd20_acc": 0.045}
+    same = evaluate_best(model, 5, data, eps=8 / 255, last=fake, last_epoch=5)
+    assert same == {"test/best_clean_acc": 0.123, "test/best_pgd20_acc": 0.045,
+                    "test/best_epoch": 5}
+    scored = evaluate_best(model, 3, data, eps=8 / 255, last=fake, last_epoch=5)
+    direct = evaluate_suite(model, data, attacks=("clean", "pgd20"), eps=8 / 255,
+                            check_masking=False)
+    assert scored["test/best_clean_acc"] == direct["test/clean_acc"] > 0.9
+    assert scored["test/best_pgd20_acc"] == direct["test/pgd20_acc"] < 0.5
+    assert scored["test/best_epoch"] == 3
+    assert evaluate_best(None, 0, data, eps=8 / 255) == {}

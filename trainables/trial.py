@@ -188,7 +188,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         flags = final.pop("flags", [])
         final.update(evaluate_best(best.model_like(model), best.epoch, setup.data.test,
                                    eps=from_255(cfg.eps_255), n=setup.eval_n, device=device,
-                                   seed=cfg.seed))
+                                   seed=cfg.seed, last=final, last_epoch=cfg.epochs))
         final[PEAK_MEMORY] = peak_memory_mb(device)
         scalars = {k: v for k, v in final.items() if isinstance(v, (int, float))}
         run.log_metrics(scalars, step=cfg.epochs)
