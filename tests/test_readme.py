@@ -1,6 +1,7 @@
 """The README stays true: its first two commands are the ones CI and pyproject support, every number
-in its result tables is the one in docs/results/, every time it quotes is in docs/measurements.md,
-and it stays short enough to read (under 8 KB)."""
+in its result tables (and in docs/embedded_results.md, where the embedded data's went) is the one in
+docs/results/, every time it quotes is in docs/measurements.md, and it stays short enough to read
+(under 8 KB)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from orchestrator.spaces import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+EMBEDDED = (ROOT / "docs" / "embedded_results.md").read_text(encoding="utf-8")
 RESULTS = ROOT / "docs" / "results"
 PINS = re.compile(r"torch==(\S+) torchvision==(\S+)")
 
@@ -33,10 +35,10 @@ def tables(text: str) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def table(*head: str) -> list[dict[str, str]]:
+def table(*head: str, text: str = README) -> list[dict[str, str]]:
     key = " | ".join(head)
-    assert key in tables(README), f"README lost its table {key!r}"
-    return tables(README)[key]
+    assert key in tables(text), f"lost the table {key!r}"
+    return tables(text)[key]
 
 
 def version(text: str) -> tuple[int, ...]:
@@ -79,7 +81,7 @@ def test_the_ablation_table_is_the_data():
         data = {(r["variant"], r["metric"]): (float(r["mean"]), float(r["std"]))
                 for r in csv.DictReader(fh)}
     shown = {}
-    for row in table("variant", *ABLATION_COLUMNS):
+    for row in table("variant", *ABLATION_COLUMNS, text=EMBEDDED):
         for column, metric in ABLATION_COLUMNS.items():
             mean, std = row[column].split("+-")
             shown[(row["variant"], metric)] = (float(mean), float(std))
@@ -94,25 +96,43 @@ TUNE_COLUMNS = {"gamma": "gamma", "alpha": "alpha", "val clean": "val/clean_acc"
 
 def test_the_tune_table_and_its_budget_are_the_data():
     data = json.loads((RESULTS / "tune.json").read_text())
-    rows = table("trial", *TUNE_COLUMNS)
+    rows = table("trial", *TUNE_COLUMNS, text=EMBEDDED)
     assert [r["trial"] for r in rows] == list(data["rows"])
     for row in rows:
         want = data["rows"][row["trial"]]
         shown = {key: float(row[column]) for column, key in TUNE_COLUMNS.items() if row[column]}
         assert shown == want, row["trial"]
-    budget = re.search(r"(\d+) trials, ASHA ran (\d+) of (\d+)\s+trial-epochs", README)
+    budget = re.search(r"(\d+) trials, ASHA ran (\d+) of (\d+)\s+trial-epochs", EMBEDDED)
     assert budget and tuple(map(int, budget.groups())) == (
         data["trials"], data["trial_epochs_run"], data["trial_epochs_full"])
 
 
-def test_the_methods_table_is_the_data():
-    with open(RESULTS / "methods.csv", newline="") as fh:
-        data = {(r["variant"], r["metric"]): float(r["mean"]) for r in csv.DictReader(fh)}
-    rows = table("method", "clean", "PGD-20", "AA")
+FASHION = RESULTS / "fashion_mnist"
+
+
+def report_rows(path: Path) -> list[dict[str, str]]:
+    """A report's Markdown table (table.md, verdicts.md) as rows of {column: cell}, bold marks
+    (the best of a column) removed."""
+    (rows,) = tables(path.read_text().replace("**", "")).values()
+    return rows
+
+
+def test_the_fashion_mnist_ablation_table_is_the_data():
+    data = {r["variant"]: r for r in report_rows(FASHION / "ablation" / "table.md")}
+    columns = ("variant", "Clean (%)", "PGD-20 (%)", "CW-inf (%)", "AA (%)")
+    rows = table(*columns)
+    assert [r["variant"] for r in rows] == list(data)
+    for row in rows:
+        assert row == {c: data[row["variant"]][c] for c in columns}
+
+
+def test_every_verdict_the_readme_quotes_is_a_campaigns():
+    kept = [r for f in sorted(FASHION.glob("*/verdicts.md")) for r in report_rows(f)]
+    columns = ("claim", "comparison", "attack", "n", "estimate", "95% CI", "verdict")
+    rows = table(*columns)
     assert rows
     for row in rows:
-        for column, key in (("clean", "clean"), ("PGD-20", "pgd20"), ("AA", "aa")):
-            assert float(row[column]) == round(data[(row["method"], f"test/{key}_acc")], 3), row
+        assert any(all(k[c] == row[c] for c in columns) for k in kept), row
 
 
 MEASURED = [r for r in table("command", "time", "output") if r["time"] != "not measured"]
