@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Sequence
 
 from smaraad import metrics
+from smaraad.attacks import from_255
 from smaraad.cli import Parser, run
 from smaraad.config import ConfigError, TrainConfig, canonical, load_yaml_mapping, preset_config
+from smaraad.evaluation import evaluate_best
 from smaraad.io import load_torch, save_json, save_torch
 from smaraad.methods import METHODS
 from smaraad.models import save_checkpoint
 from smaraad.options import RunOptions, add_run_options, check_teacher, run_options
 from smaraad.paths import folder_or_absent, writable_dir
-from smaraad.attacks import from_255
-from smaraad.evaluation import evaluate_best
 from smaraad.trainer import BestState, fit, load_splits, resolve_device, training_precision
 
 
