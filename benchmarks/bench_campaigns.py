@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -175,9 +176,10 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
 def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: bool,
                  out: str | None = None, results: str | None = None, log=print) -> float:
     """Run the campaign and time it. With `out`, its Ray storage, MLflow store, teacher cache and
-    report are kept there (the results a campaign is run for), and a campaign already started
-    there resumes (`--resume`): the wall time printed is then this run's, not the campaign's.
-    With `results` too, the report and a record of the run go to `results/<campaign>/`."""
+    report are kept there (the results a campaign is run for), a campaign already started there
+    resumes (`--resume`), and every run of it, stopped ones included (SIGINT, SIGTERM), is listed
+    in `out/<name>.runs.json` with its machine, commit and wall time: the campaign's wall time is
+    their sum. With `results` too, the report and that list go to `results/<campaign>/`."""
     with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
         root = Path(out).resolve() if out else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -190,20 +192,40 @@ def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: boo
                f"sqlite:///{root}/mlflow.db", "--name", name]
         cmd += ["--resume"] if resume else []
         cmd += [] if out else ["--no-report"]
-        load, where = os.getloadavg()[0], machine()  # the code as it starts
+        run = {"campaign": space_name, "dataset": data_name,
+               "command": " ".join(["python", "-m", *cmd[2:]]), "budget_s": budget,
+               "resumed": resume, "load_at_start": round(os.getloadavg()[0], 2),
+               "started": utc_now(), **machine()}  # the code as it starts
+        ledger = root / f"{name}.runs.json"
         t = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, cwd=root if out else None)
-        wall = time.perf_counter() - t
-    verdict = "within" if wall <= budget else "OVER"
-    log(f"{space_name} on {data_name}: measured wall {wall / 60:.1f} min against "
-        f"{budget / 60:.0f} min: {verdict}" + (" (resumed: this run only)" if resume else ""))
+        status = "stopped"
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally below
+        try:
+            subprocess.run(cmd, env=env, check=True, cwd=root if out else None)
+            status = "finished"
+        finally:
+            wall = time.perf_counter() - t
+            if out:
+                record_run(ledger, {**run, "wall_s": round(wall, 1), "status": status,
+                                    "ended": utc_now()})
+    total = sum(r["wall_s"] for r in json.loads(ledger.read_text())) if out else wall
+    verdict = "within" if total <= budget else "OVER"
+    log(f"{space_name} on {data_name}: measured wall {total / 60:.1f} min against "
+        f"{budget / 60:.0f} min: {verdict}"
+        + (f" ({wall / 60:.1f} min in this run, the rest in earlier ones)" if resume else ""))
     if results:
-        keep_results(root / "reports" / name, Path(results) / space_name,
-                     {"campaign": space_name, "dataset": data_name,
-                      "command": " ".join(["python", "-m", *cmd[2:]]), "wall_s": round(wall, 1),
-                      "budget_s": budget, "resumed": resume, "load_at_start": round(load, 2),
-                      **where})
-    return wall
+        keep_results(root / "reports" / name, Path(results) / space_name, ledger)
+    return total
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def record_run(ledger: Path, run: dict) -> None:
+    """Append one run of a campaign to its list."""
+    runs = json.loads(ledger.read_text()) if ledger.exists() else []
+    ledger.write_text(json.dumps([*runs, run], indent=2) + "\n")
 
 
 def machine() -> dict:
@@ -217,18 +239,16 @@ def machine() -> dict:
             "python": platform.python_version(), "commit": commit}
 
 
-def keep_results(report: Path, dest: Path, run: dict) -> None:
+def keep_results(report: Path, dest: Path, ledger: Path) -> None:
     """Copy a campaign's report (tables, statistics, verdicts, the community formats) to `dest`
-    and append this run (its machine, commit and wall time) to `dest/campaign.json`: a campaign
-    spread over several runs lists each."""
+    and its runs (each with its machine, commit and wall time; a campaign spread over several
+    runs lists each) to `dest/campaign.json`."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(report, dest, dirs_exist_ok=True)
-    record = dest / "campaign.json"
-    runs = json.loads(record.read_text())["runs"] if record.exists() else []
-    runs.append({**run, "finished": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                               time.gmtime())})
-    total = sum(r["wall_s"] for r in runs)
-    record.write_text(json.dumps({"runs": runs, "wall_s": round(total, 1)}, indent=2) + "\n")
+    runs = json.loads(ledger.read_text())
+    total = round(sum(r["wall_s"] for r in runs), 1)
+    (dest / "campaign.json").write_text(json.dumps({"runs": runs, "wall_s": total}, indent=2)
+                                        + "\n")
 
 
 def main() -> None:
