@@ -146,3 +146,12 @@ def test_every_time_the_readme_quotes_is_in_the_measurements(row):
               if f"`{command}`" in line or f"`{command} " in line]
     assert any(f"| {row['time']}," in line or f"| {row['time']} |" in line
                for line in quoted), f"{command}: {row['time']} is not in docs/measurements.md"
+
+
+def test_the_fashion_mnist_methods_table_is_the_data():
+    data = {r["variant"]: r for r in report_rows(FASHION / "methods" / "table.md")}
+    columns = ("variant", "Clean (%)", "PGD-20 (%)", "AA (%)")
+    rows = table(*columns)
+    assert [r["variant"] for r in rows] == list(data)
+    for row in rows:
+        assert row == {c: data[row["variant"]][c] for c in columns}
