@@ -185,7 +185,7 @@ def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: boo
         root.mkdir(parents=True, exist_ok=True)
         name = f"bench-{space_name}"
         resume = (root / "ray" / name).exists()
-        cache = root / "cache" if out else Path(tmp)
+        cache = root / "cache" if out else root
         env = dict(os.environ, **({} if keep_cache else {"SMARAAD_CACHE": str(cache)}))
         cmd = [sys.executable, "-m", "orchestrator.ablate", "--space", space_name, "--dataset",
                data_name, "--storage-path", str(root / "ray"), "--tracking-uri",
@@ -262,6 +262,8 @@ def main() -> None:
     p.add_argument("--results", help="with --out: copy each report and a record of the run here "
                    "(e.g. docs/results/fashion_mnist)")
     args = p.parse_args()
+    if args.results and not (args.run and args.out):
+        p.error("--results needs --run and --out (the report and the runs it copies live there)")
     wanted = [c.strip() for c in args.campaigns.split(",") if c.strip()]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
