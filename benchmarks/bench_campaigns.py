@@ -3,6 +3,8 @@ measured end to end with --run.
 
 Campaigns (`python -m orchestrator.ablate ... --dataset DATASET`) and budgets on 2 CPU cores:
 the default ablation (4 variants x 3 seeds) 30 min, `--space methods` 2 h, `--space teachers` 2 h.
+The tune (`--campaigns gamma_alpha`: `python -m orchestrator.tune --space gamma_alpha`) has no
+budget and no estimate: --run runs it and keeps it like the others.
 
 Estimate (default): the campaign's trials are resolved as `ablate` resolves them (its space with the
 data set's overlay, the preset, the space's eval_n / aa_n); then, on this machine, with one torch
@@ -53,6 +55,7 @@ from smaraad.evaluation import accuracy, attack_table
 from smaraad.trainer import training_precision
 
 CAMPAIGNS = (("ablation", 30 * 60), ("methods", 2 * 3600), ("teachers", 2 * 3600))
+TUNES = ("gamma_alpha",)  # run and kept with --run; no budget
 CONCURRENCY = 2        # trials at once: 2 cores, one per trial
 RAY_START_S = 20       # Ray's start and the driver's setup, measured in docs/measurements.md
 PROBE = 64             # images each evaluation pass is timed on
@@ -173,7 +176,7 @@ def estimate(space_name: str, budget: float, data_name: str, aa_model: str | Non
     return wall
 
 
-def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: bool,
+def run_campaign(space_name: str, budget: float | None, data_name: str, keep_cache: bool,
                  out: str | None = None, results: str | None = None, log=print) -> float:
     """Run the campaign and time it. With `out`, its Ray storage, MLflow store, teacher cache and
     report are kept there (the results a campaign is run for), a campaign already started there
@@ -187,7 +190,9 @@ def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: boo
         resume = (root / "ray" / name).exists()
         cache = root / "cache" if out else root
         env = dict(os.environ, **({} if keep_cache else {"SMARAAD_CACHE": str(cache)}))
-        cmd = [sys.executable, "-m", "orchestrator.ablate", "--space", space_name, "--dataset",
+        command = "orchestrator.tune" if load_space(space_name).kind == "tune" else \
+            "orchestrator.ablate"
+        cmd = [sys.executable, "-m", command, "--space", space_name, "--dataset",
                data_name, "--storage-path", str(root / "ray"), "--tracking-uri",
                f"sqlite:///{root}/mlflow.db", "--name", name]
         cmd += ["--resume"] if resume else []
@@ -209,9 +214,9 @@ def run_campaign(space_name: str, budget: float, data_name: str, keep_cache: boo
                 record_run(ledger, {**run, "wall_s": round(wall, 1), "status": status,
                                     "ended": utc_now()})
     total = sum(r["wall_s"] for r in json.loads(ledger.read_text())) if out else wall
-    verdict = "within" if total <= budget else "OVER"
-    log(f"{space_name} on {data_name}: measured wall {total / 60:.1f} min against "
-        f"{budget / 60:.0f} min: {verdict}"
+    verdict = ("no budget" if budget is None else
+               f"against {budget / 60:.0f} min: {'within' if total <= budget else 'OVER'}")
+    log(f"{space_name} on {data_name}: measured wall {total / 60:.1f} min {verdict}"
         + (f" ({wall / 60:.1f} min in this run, the rest in earlier ones)" if resume else ""))
     if results:
         keep_results(root / "reports" / name, Path(results) / space_name, ledger)
@@ -254,7 +259,9 @@ def keep_results(report: Path, dest: Path, ledger: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--campaigns", default=",".join(c for c, _ in CAMPAIGNS))
+    p.add_argument("--campaigns", default=",".join(c for c, _ in CAMPAIGNS),
+                   help=f"of {', '.join([c for c, _ in CAMPAIGNS] + list(TUNES))} (the tune only "
+                        "with --run)")
     p.add_argument("--aa-model", help="a trained checkpoint to time AutoAttack on")
     p.add_argument("--run", action="store_true", help="run each campaign and time it")
     p.add_argument("--keep-cache", action="store_true", help="with --run: reuse cached teachers")
@@ -265,10 +272,17 @@ def main() -> None:
     if args.results and not (args.run and args.out):
         p.error("--results needs --run and --out (the report and the runs it copies live there)")
     wanted = [c.strip() for c in args.campaigns.split(",") if c.strip()]
+    known = [c for c, _ in CAMPAIGNS] + list(TUNES)
+    unknown = [c for c in wanted if c not in known]
+    if unknown or not wanted:
+        p.error(f"--campaigns: unknown {unknown[0] if unknown else '(none)'!r}; allowed: "
+                f"{', '.join(known)}")
+    if not args.run and any(c in TUNES for c in wanted):
+        p.error("--campaigns: a tune has no estimate; run it with --run")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, load average {load:.1f} at start")
-    for name, budget in CAMPAIGNS:
+    for name, budget in (*CAMPAIGNS, *((t, None) for t in TUNES)):
         if name in wanted:
             (run_campaign(name, budget, args.dataset, args.keep_cache, args.out,
                           args.results) if args.run

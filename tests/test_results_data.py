@@ -58,6 +58,22 @@ def test_each_verdict_follows_from_its_interval(folder):
 
 
 @pytest.mark.parametrize("folder", CAMPAIGNS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_kept_comparison_follows_from_its_intervals(folder):
+    """compare.json (analysis.compare, e.g. the tuned point against the paper's on test)."""
+    path = folder / "compare.json"
+    if not path.exists():
+        return
+    result = json.loads(path.read_text())
+    for r in result["differences"]:
+        lo, hi = (math.nan if x is None else x for x in (r["ci_low"], r["ci_high"]))
+        if "verdict" in r:
+            assert r["verdict"] == verdicts.verdict(lo, hi, positive=True), r
+        means = result["means"]
+        assert r["estimate"] == pytest.approx(means["experiment"][r["metric"]]
+                                              - means["against"][r["metric"]], abs=1e-9), r
+
+
+@pytest.mark.parametrize("folder", CAMPAIGNS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_each_run_names_its_machine_commit_and_wall_time(folder):
     record = json.loads((folder / "campaign.json").read_text())
     assert record["runs"]
