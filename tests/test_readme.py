@@ -155,3 +155,16 @@ def test_the_fashion_mnist_methods_table_is_the_data():
     assert [r["variant"] for r in rows] == list(data)
     for row in rows:
         assert row == {c: data[row["variant"]][c] for c in columns}
+
+
+def test_the_tuned_point_the_readme_quotes_is_the_kept_comparison():
+    found = re.search(r"best on validation gamma (\d+), alpha ([\d.]+); over seeds [\d-]+ against\s+"
+                      r"the paper's point on test: PGD-20 ([+-]\d+\.\d\d) pp \[([+-]\d+\.\d\d), "
+                      r"([+-]\d+\.\d\d)\], (holds|reversed|not resolved at this n)\.", README)
+    assert found, "lost the tuned point's line"
+    kept = json.loads((FASHION / "gamma_alpha" / "compare.json").read_text())
+    row = next(r for r in kept["differences"] if r["metric"] == "test/pgd20_acc")
+    gamma, alpha = (float(kept["differs"][k]["experiment"][0]) for k in ("gamma", "alpha"))
+    assert found.group(1) == f"{gamma:.0f}" and found.group(2) == f"{alpha:.3f}"
+    assert found.groups()[2:] == (f"{row['estimate'] * 100:+.2f}", f"{row['ci_low'] * 100:+.2f}",
+                                  f"{row['ci_high'] * 100:+.2f}", row["verdict"])
