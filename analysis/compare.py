@@ -72,9 +72,10 @@ def differing_params(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, tuple]:
     return out
 
 
-def check_comparable(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> None:
-    """ExperimentError when the two sides were not evaluated alike (see the module docstring)."""
-    diff = differing_params(a, b)
+def check_comparable(a: pd.DataFrame, b: pd.DataFrame, diff: dict[str, tuple],
+                     names: tuple[str, str]) -> None:
+    """ExperimentError when the two sides were not evaluated alike (see the module docstring);
+    `diff`: their differing_params."""
     for key in EVALUATION_PARAMS:
         if key in diff:
             raise ExperimentError(f"{key}: {names[0]} has {', '.join(diff[key][0]) or 'none'}, "
@@ -96,7 +97,8 @@ def compare(experiment: str, against: str, variant: str, *, against_variant: str
     a = side(experiment, variant, tracking_uri, ("--experiment", "--variant"))
     b = side(against, against_variant, tracking_uri, ("--against", "--against-variant"))
     labels = (f"{experiment}:{variant}", f"{against}:{against_variant}")
-    check_comparable(a, b, labels)
+    differs = differing_params(a, b)
+    check_comparable(a, b, differs, labels)
     both = pd.concat([a.assign(side=SIDES[0]), b.assign(side=SIDES[1])], ignore_index=True)
     diffs = stats.paired_differences(both, SIDES[1], by="side", method=method)
     claim_keys = {metrics.REGISTRY[m].key() for m in verdicts.CLAIM_METRICS}
@@ -107,14 +109,18 @@ def compare(experiment: str, against: str, variant: str, *, against_variant: str
         if r.metric in claim_keys:
             row["verdict"] = verdicts.verdict(r.ci_low, r.ci_high, positive=True)
         rows.append(row)
-    paired = set(a["seed"].dropna()) & set(b["seed"].dropna())
-    means = {s: {m["metric"]: float(f[f["seed"].isin(paired)][f"metrics.{m['metric']}"].mean())
-                 for m in rows} for s, f in zip(SIDES, (a, b))}
+    means = {s: {} for s in SIDES}
+    for m in rows:  # each side over the seeds its difference pairs (as paired_differences does)
+        column = f"metrics.{m['metric']}"
+        per_seed = [f.groupby("seed")[column].mean().dropna() for f in (a, b)]
+        paired = per_seed[0].index.intersection(per_seed[1].index)
+        for s, values in zip(SIDES, per_seed):
+            means[s][m["metric"]] = float(values[paired].mean())
     return {"comparison": f"{labels[0]} - {labels[1]}", "experiment": labels[0],
             "against": labels[1], "seeds": {s: sorted(int(x) for x in f["seed"].dropna())
                                             for s, f in zip(SIDES, (a, b))},
             "differs": {k: {SIDES[0]: list(v[0]), SIDES[1]: list(v[1])}
-                        for k, v in differing_params(a, b).items()},
+                        for k, v in differs.items()},
             "means": means, "differences": rows, "ci": method}
 
 

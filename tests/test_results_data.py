@@ -64,11 +64,11 @@ def test_a_kept_comparison_follows_from_its_intervals(folder):
     if not path.exists():
         return
     result = json.loads(path.read_text())
+    means = result["means"]
     for r in result["differences"]:
         lo, hi = (math.nan if x is None else x for x in (r["ci_low"], r["ci_high"]))
         if "verdict" in r:
             assert r["verdict"] == verdicts.verdict(lo, hi, positive=True), r
-        means = result["means"]
         assert r["estimate"] == pytest.approx(means["experiment"][r["metric"]]
                                               - means["against"][r["metric"]], abs=1e-9), r
 
