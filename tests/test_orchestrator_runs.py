@@ -241,3 +241,19 @@ def test_methods_space_smoke_run_reports_every_method(workdir, capsys):
     c = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     report = {a.path for a in c.list_artifacts(parents[0].info.run_id, "report")}
     assert "report/table.md" in report
+
+
+def test_an_experiment_stops_only_the_ray_instance_it_started(workdir, capsys):
+    """The command's local instance ends with its experiment (its report and summary need no
+    Ray); an instance the caller started stays the caller's."""
+    import ray
+    from orchestrator import ablate
+
+    argv = ["--variants", "kd", "--attacks", "clean"]
+    code, _, err = run_cli(ablate.main, [*common(workdir, "own"), *argv], capsys)
+    assert code == 0, err
+    assert not ray.is_initialized()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    code, _, err = run_cli(ablate.main, [*common(workdir, "theirs"), *argv], capsys)
+    assert code == 0, err
+    assert ray.is_initialized()

@@ -100,17 +100,23 @@ def provide_teachers(exp: Experiment, data) -> dict:
 
 
 def execute(exp: Experiment) -> tuple[list[dict], "Plan"]:
-    """Provide, run (or resume) and return (rows, plan)."""
-    from smaraad.teachers import provide_teacher
+    """Provide, run (or resume) and return (rows, plan); Ray lives for this call only."""
     from smaraad.trainer import load_splits
     from trainables import experiment as ex
-    from trainables.tracking import Tracking, client, start_parent
-    from trainables.trial import TeacherWeights, TrialSetup
 
     # The data first: a missing data set (or --download) is settled before Ray starts or a
     # teacher trains; the teachers are then measured on its validation split.
     data = load_splits(exp.template, download=exp.download)
-    ex.init_ray(exp.address, None if exp.address else cpu_count())
+    with ex.ray_session(exp.address, None if exp.address else cpu_count()):
+        return _execute(exp, data)
+
+
+def _execute(exp: Experiment, data) -> tuple[list[dict], "Plan"]:
+    from smaraad.teachers import provide_teacher
+    from trainables import experiment as ex
+    from trainables.tracking import Tracking, client, start_parent
+    from trainables.trial import TeacherWeights, TrialSetup
+
     res = trial_resources(exp)
 
     teachers = {}

@@ -38,6 +38,7 @@ from smaraad.teachers import teacher_record
 from smaraad.trainer import (BestState, fit, placed_device, resolve_device, training_precision,
                              visible_gpus)
 from trainables.datasets import dataset_inputs
+from trainables.heap import keep_freed_heap
 from trainables.points import TRANSFER_TEACHER, point_config
 from trainables.tracking import Tracking, TrialRun
 
@@ -129,6 +130,7 @@ def trial_config(setup: TrialSetup, config: dict) -> TrainConfig:
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
+    keep_freed_heap()  # as smaraad.train's allocator ends up (trainables/heap.py)
     torch.set_num_threads(max(1, setup.threads))
     cfg = placed(trial_config(setup, config))
     trial_id = tune.get_context().get_trial_id()
