@@ -103,6 +103,18 @@ def test_given_values_are_kept_and_a_reservation_fits_one_node():
     assert plan_resources(two_nodes, trials=1).cpus == 8
 
 
+def test_freed_cores_go_to_the_running_trials_once_no_trial_waits():
+    from trainables.resources import spare_threads
+
+    one_left = {"node": ["c"]}
+    assert spare_threads(one_left, {"node": 2}, reserved=1, waiting=True) == {"c": 1}
+    assert spare_threads(one_left, {"node": 2}, reserved=1, waiting=False) == {"c": 2}
+    three = {"a": ["t1", "t2", "t3"], "b": ["t4"]}  # per node, never below the reservation
+    assert spare_threads(three, {"a": 8, "b": 16}, reserved=2, waiting=False) == {
+        "t1": 2, "t2": 2, "t3": 2, "t4": 16}
+    assert spare_threads(three, {"a": 4}, reserved=2, waiting=False)["t4"] == 2
+
+
 def test_a_cuda_device_without_gpus_per_trial_is_refused_before_the_run():
     check_device("auto", 0)
     check_device("cuda:0", 0.25)

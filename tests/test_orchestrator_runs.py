@@ -257,3 +257,29 @@ def test_an_experiment_stops_only_the_ray_instance_it_started(workdir, capsys):
     code, _, err = run_cli(ablate.main, [*common(workdir, "theirs"), *argv], capsys)
     assert code == 0, err
     assert ray.is_initialized()
+
+
+def test_the_last_trial_takes_the_cores_the_others_freed(workdir, capsys):
+    """Three trials, two at once with half the cores each: the third starts when the first
+    ends, and once the second has ended too nothing waits, so it trains on every core (each
+    epoch's report names the torch threads it trained with)."""
+    import json
+
+    from orchestrator import ablate
+    from trainables.driver import cpu_count
+
+    cores = cpu_count()
+    if cores < 2:
+        pytest.skip("one core: nothing to share")
+    code, _, err = run_cli(ablate.main, [*common(workdir, "spare"), "--variants", "kd",
+                                         "--seeds", "0,1,2", "--epochs", "5",
+                                         "--max-concurrent", "2", "--attacks", "clean"], capsys)
+    assert code == 0, err
+    threads = []  # (when its first epoch ended, the threads of each epoch), per trial
+    for result in (workdir / "ray" / "spare").glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        epochs = [r for r in rows if "epoch" in r and not r.get("completed")]
+        threads.append((epochs[0]["timestamp"], [r["system/torch_threads"] for r in epochs]))
+    first, second, last = (t for _, t in sorted(threads))
+    assert first[0] == second[0] == last[0] == cores // 2  # their reservation meanwhile
+    assert last[-1] == cores, threads

@@ -115,7 +115,7 @@ def _execute(exp: Experiment, data) -> tuple[list[dict], "Plan"]:
     from smaraad.teachers import provide_teacher
     from trainables import experiment as ex
     from trainables.tracking import Tracking, client, start_parent
-    from trainables.trial import TeacherWeights, TrialSetup
+    from trainables.trial import TeacherWeights, TrialSetup, board_name
 
     res = trial_resources(exp)
 
@@ -142,6 +142,7 @@ def _execute(exp: Experiment, data) -> tuple[list[dict], "Plan"]:
                        natural_teacher=natural, transfer_from=exp.transfer,
                        transfer_source=source, eval_attacks=exp.attacks, eval_n=exp.eval_n,
                        aa_n=exp.aa_n, threads=max(1, int(res.cpus)),
+                       board=board_name(exp.name) if shares_cores(exp, res) else "",
                        tags={"smaraad.space": exp.space.name})
     plan = ex.Plan(space=exp.space, setup=setup, name=exp.name, storage_path=exp.storage_path,
                    epochs=exp.template.epochs, num_samples=exp.num_samples, seed=exp.seed,
@@ -206,6 +207,14 @@ def trial_resources(exp: Experiment):
     check_device(exp.template.device, res.gpus)
     print(res.describe(cluster), flush=True)
     return res
+
+
+def shares_cores(exp: Experiment, res) -> bool:
+    """Whether the running trials take the cores freed as others end (trainables.resources):
+    where the CPUs per trial were chosen from the cluster, more than one trial is planned, and
+    the trials train on the CPU."""
+    planned = len(exp.variants) * len(exp.seeds) if exp.variants else exp.num_samples
+    return exp.cpus_per_trial is None and planned > 1 and not res.gpus
 
 
 def status(row: dict, stopped: set) -> str:

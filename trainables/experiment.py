@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from smaraad import metrics
@@ -31,6 +32,7 @@ from smaraad.cli import UsageError
 from smaraad.io import save_json
 
 from trainables.failures import ERRORS_LOG, ray_failures_to
+from trainables.resources import spare_threads
 from trainables.tracking import Tracking, close_trial_run
 from trainables.trial import COMPLETED, NODE_ID, TrialSetup, fmt, run_trial
 
@@ -69,6 +71,12 @@ class Plan:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     retries: int = 0
+
+    @property
+    def planned(self) -> int:
+        """The trials the experiment will start (grid cells, or search samples)."""
+        return len(self.variants) * len(self.seeds) if self.space.kind == "grid" \
+            else self.num_samples
 
 
 # Ray's own terminal output, off (a user's own setting of these wins):
@@ -204,6 +212,54 @@ class MlflowStatus(tune.Callback):
                         tags={"smaraad.error": reason})
 
 
+class ThreadBoard:
+    """Torch threads per running trial, as `SpareCores` last set them; each trial reads its own
+    between epochs (trainables.trial). A named actor of the experiment, started on first use."""
+
+    def __init__(self):
+        self.threads: dict[str, int] = {}
+
+    def set(self, threads: dict[str, int]) -> None:
+        self.threads = dict(threads)
+
+    def get(self, trial_id: str) -> int | None:
+        return self.threads.get(trial_id)
+
+
+class SpareCores(tune.Callback):
+    """Once no trial is left to start, the running trials share their nodes' cores
+    (trainables.resources.spare_threads); back to their reservations while one waits. A trial
+    counts on the node its last report names; before its first report it keeps its reservation."""
+
+    def __init__(self, board: str, planned: int, reserved: int):
+        self.name, self.planned, self.reserved = board, planned, reserved
+        self.board, self.last, self.cpus = None, {}, {}
+
+    def node_cpus(self, nodes: set[str]) -> dict[str, int]:
+        if not nodes <= set(self.cpus):  # a node not seen yet (a cluster that grew)
+            self.cpus = {n["NodeID"]: int(n["Resources"].get("CPU", 0))
+                         for n in ray.nodes() if n.get("Alive")}
+        return self.cpus
+
+    def on_step_end(self, iteration, trials, **info):
+        running: dict[str, list[str]] = {}
+        for t in trials:
+            node = (t.last_result or {}).get(NODE_ID)
+            if t.status == Trial.RUNNING and node:
+                running.setdefault(node, []).append(t.trial_id)
+        waiting = len(trials) < self.planned or any(
+            t.status in (Trial.PENDING, Trial.PAUSED) for t in trials)
+        wanted = spare_threads(running, self.node_cpus(set(running)), self.reserved, waiting)
+        if wanted == self.last:
+            return
+        self.last = wanted
+        if self.board is None:
+            if all(n == self.reserved for n in wanted.values()):
+                return
+            self.board = ray.remote(num_cpus=0)(ThreadBoard).options(name=self.name).remote()
+        self.board.set.remote(wanted)
+
+
 class Progress(tune.Callback):
     """One line per trial-epoch on the driver (Tune's own table is off: verbose=0), e.g.
     `trial 3b79d60f  epoch 3/8  val/pgd_acc 0.420  gamma=28.65 alpha=0.7152`, and one when a trial
@@ -337,7 +393,9 @@ def run_config(plan: Plan) -> tune.RunConfig:
         callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
                    MlflowStatus(plan.setup.tracking, experiment_path(plan)),
                    Progress(plan.space.metric, [*plan.space.search, *plan.space.grid, "seed"],
-                            plan.epochs, errors_log=errors_log(plan))],
+                            plan.epochs, errors_log=errors_log(plan)),
+                   *([SpareCores(plan.setup.board, plan.planned, int(plan.cpus_per_trial))]
+                     if plan.setup.board else [])],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         failure_config=tune.FailureConfig(max_failures=plan.retries))
 

@@ -8,9 +8,13 @@ Defaults, where --cpus-per-trial / --gpus-per-trial / --max-concurrent are not g
 - CPUs: the cluster's CPUs shared among the trials at once, at most one node's CPUs, whole
   numbers (a trial's CPUs are its torch threads). A lone trial gets every core, so a one-trial
   experiment trains as fast per epoch as `python -m smaraad.train` does.
-The CPU share is fixed when the experiment starts: when a tune's last trials run alone (ASHA stopped
-or finished the others) they keep their share. Giving them the freed cores would take Ray Tune's
-ResourceChangingScheduler, which restarts a trial from its checkpoint for each change.
+A trial's CPU reservation is fixed when the experiment starts, but its torch threads are not: once
+no trial is left to start (a grid's last ones, a tune's last samples, the others finished or
+stopped by ASHA), the running trials share their node's cores (`spare_threads`), told between
+epochs by the driver (trainables/experiment.py, `SpareCores`); when a trial is waiting again (a
+retry) they go back to their reservation. Ray Tune's ResourceChangingScheduler would move the
+reservations themselves, but restarts a trial from its checkpoint for each change and refuses
+reuse_actors=True (Ray 2.60).
 """
 
 from __future__ import annotations
@@ -94,3 +98,14 @@ def check_device(device: str, gpus: float) -> None:
         placed_device(device, [str(i) for i in range(held)], held)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def spare_threads(running: dict[str, list[str]], node_cpus: dict[str, int], reserved: int,
+                  waiting: bool) -> dict[str, int]:
+    """Torch threads per running trial: its reservation while any trial waits to start, else an
+    equal share of its node's cores (never fewer than reserved). `running` is node -> trial ids."""
+    out = {}
+    for node, trials in running.items():
+        share = reserved if waiting else max(reserved, node_cpus.get(node, 0) // len(trials))
+        out.update({t: share for t in trials})
+    return out

@@ -46,6 +46,7 @@ STATE_FILE = "state.pt"
 PEAK_MEMORY = "memory/peak_mb"  # logged with the final evaluation; see `peak_memory_mb`
 COMPLETED = "completed"  # set in the report that follows the final evaluation
 NODE_ID = "node_id"  # in each epoch's report: the Ray node it ran on (the driver names it)
+THREADS = "system/torch_threads"  # in each epoch's report: the torch threads it trained with
 
 
 @dataclass
@@ -106,6 +107,7 @@ class TrialSetup:
     eval_n: int = 0                  # test images in the final evaluation (0 = all)
     aa_n: int = 0                    # the first of those that AutoAttack runs on (0 = all)
     threads: int = 1                 # torch threads per trial (= CPUs per trial)
+    board: str = ""                  # the driver's thread board for freed cores ("" = none)
     tags: dict = field(default_factory=dict)
     transfer_from: str = ""          # "", "teacher" (the trial's own) or a checkpoint path
     transfer_source: TeacherWeights | None = None   # that checkpoint's weights
@@ -155,12 +157,18 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             resume = load_torch(Path(d) / STATE_FILE)
     teacher = chosen.build() if chosen else None
 
+    board = Board(setup.board, trial_id)
+
     def report(epoch_metrics: dict, state: dict) -> None:
+        epoch_metrics = {**epoch_metrics, THREADS: torch.get_num_threads()}
         run.log_metrics(epoch_metrics, step=epoch_metrics["epoch"])
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / STATE_FILE)
             tune.report({**epoch_metrics, NODE_ID: ray.get_runtime_context().get_node_id()},
                         checkpoint=tune.Checkpoint.from_directory(d))
+        threads = board.threads()  # the next epoch's: freed cores, or back to the reservation
+        if threads and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
 
     try:
         device = resolve_device(cfg.device)
@@ -211,6 +219,32 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         run.set_tags({"smaraad.error": f"{type(exc).__name__}: {exc}"[:5000]})
         run.finish("FAILED")
         raise
+
+
+def board_name(experiment: str) -> str:
+    """The named actor through which the driver shares freed cores (trainables.experiment)."""
+    return f"smaraad-threads-{experiment}"
+
+
+class Board:
+    """This trial's entry on its experiment's thread board (`name`; "" = the experiment shares
+    no cores), once the driver has started it."""
+
+    def __init__(self, name: str, trial_id: str):
+        self.name, self.trial_id, self.actor = name, trial_id, None
+
+    def threads(self) -> int | None:
+        if not self.name:
+            return None
+        try:
+            if self.actor is None:
+                self.actor = ray.get_actor(self.name)
+            return ray.get(self.actor.get.remote(self.trial_id))
+        except ValueError:  # not started yet: every trial keeps its reservation
+            return None
+        except ray.exceptions.RayError:  # the board is gone: the trial trains on as it is
+            self.name = ""
+            return None
 
 
 def peak_memory_mb(device: torch.device) -> float:
