@@ -243,7 +243,7 @@ def test_a_trial_worker_of_the_local_instance_runs_at_the_drivers_niceness():
 
     import ray
 
-    from trainables.experiment import init_ray
+    from trainables.session import init_ray
 
     init_ray(None, 1)
     try:

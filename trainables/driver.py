@@ -64,6 +64,11 @@ class Experiment:
         return next(iter(self.configs.values()))
 
     @property
+    def planned(self) -> int:
+        """The trials it will start: grid cells times seeds, or the search's samples."""
+        return len(self.variants) * len(self.seeds) if self.variants else self.num_samples
+
+    @property
     def methods(self) -> list[str]:
         return list(self.configs)
 
@@ -102,12 +107,12 @@ def provide_teachers(exp: Experiment, data) -> dict:
 def execute(exp: Experiment) -> tuple[list[dict], "Plan"]:
     """Provide, run (or resume) and return (rows, plan); Ray lives for this call only."""
     from smaraad.trainer import load_splits
-    from trainables import experiment as ex
+    from trainables.session import ray_session
 
     # The data first: a missing data set (or --download) is settled before Ray starts or a
     # teacher trains; the teachers are then measured on its validation split.
     data = load_splits(exp.template, download=exp.download)
-    with ex.ray_session(exp.address, None if exp.address else cpu_count()):
+    with ray_session(exp.address, None if exp.address else cpu_count()):
         return _execute(exp, data)
 
 
@@ -145,7 +150,8 @@ def _execute(exp: Experiment, data) -> tuple[list[dict], "Plan"]:
                        board=board_name(exp.name) if shares_cores(exp, res) else "",
                        tags={"smaraad.space": exp.space.name})
     plan = ex.Plan(space=exp.space, setup=setup, name=exp.name, storage_path=exp.storage_path,
-                   epochs=exp.template.epochs, num_samples=exp.num_samples, seed=exp.seed,
+                   epochs=exp.template.epochs, num_samples=exp.num_samples,
+                   planned=exp.planned, seed=exp.seed,
                    seeds=exp.seeds, variants=exp.variants, objectives=exp.objectives,
                    max_concurrent=res.concurrent, cpus_per_trial=res.cpus,
                    gpus_per_trial=res.gpus, retries=exp.retries)
@@ -201,8 +207,7 @@ def trial_resources(exp: Experiment):
     from trainables.resources import check_device, current_cluster, plan_resources
 
     cluster = current_cluster()
-    trials = len(exp.variants) * len(exp.seeds) if exp.variants else exp.num_samples
-    res = plan_resources(cluster, trials, cpus=exp.cpus_per_trial, gpus=exp.gpus_per_trial,
+    res = plan_resources(cluster, exp.planned, cpus=exp.cpus_per_trial, gpus=exp.gpus_per_trial,
                          max_concurrent=exp.max_concurrent)
     check_device(exp.template.device, res.gpus)
     print(res.describe(cluster), flush=True)
@@ -213,8 +218,7 @@ def shares_cores(exp: Experiment, res) -> bool:
     """Whether the running trials take the cores freed as others end (trainables.resources):
     where the CPUs per trial were chosen from the cluster, more than one trial is planned, and
     the trials train on the CPU."""
-    planned = len(exp.variants) * len(exp.seeds) if exp.variants else exp.num_samples
-    return exp.cpus_per_trial is None and planned > 1 and not res.gpus
+    return exp.cpus_per_trial is None and exp.planned > 1 and not res.gpus
 
 
 def status(row: dict, stopped: set) -> str:

@@ -1,6 +1,7 @@
 """Ray Tune experiments: Optuna + ASHA for tuning, a plain grid for ablations, resume, results.
 
-Everything that knows Ray's API lives here and in trial.py; the driver (driver.py) hands over a
+Everything that knows Ray Tune's API lives here and in trial.py (starting Ray itself: session.py,
+sharing freed cores: resources.py's rule, `SpareCores` below); the driver (driver.py) hands over a
 `Plan` and gets back plain dicts. Pitfalls this file works around (Ray Tune 2.60, Optuna 5.0):
 - metric/mode go on TuneConfig, not also on ASHA (ValueError); for several objectives they go on
   OptunaSearch, and ASHA keeps its own single metric;
@@ -14,9 +15,6 @@ Everything that knows Ray's API lives here and in trial.py; the driver (driver.p
 from __future__ import annotations
 
 import json
-import logging
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +26,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from smaraad import metrics
-from smaraad.cli import UsageError
 from smaraad.io import save_json
 
 from trainables.failures import ERRORS_LOG, ray_failures_to
@@ -71,92 +68,7 @@ class Plan:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     retries: int = 0
-
-    @property
-    def planned(self) -> int:
-        """The trials the experiment will start (grid cells, or search samples)."""
-        return len(self.variants) * len(self.seeds) if self.space.kind == "grid" \
-            else self.num_samples
-
-
-# Ray's own terminal output, off (a user's own setting of these wins):
-# - RAY_AIR_NEW_OUTPUT=0: the new reporter prints an experiment header, "View detailed results
-#   here" and the TensorBoard hint whatever `verbose` says; the classic one obeys verbose=0.
-# - TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: no TensorBoard event files (the project has no
-#   TensorBoard); the CSV and JSON loggers that Tune's results need are added by run_config.
-# - TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: no advice to keep fewer
-#   checkpoints when a loaded machine snapshots often (3 are kept on purpose, see above).
-QUIET = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-# A new local instance enables token authentication (Ray's default, kept) and logs a warning
-# that it did so. RAY_AUTH_MODE=token would silence it too, but Ray reads its config when it is
-# imported, so setting it here is too late; the warning's own logger is quieted instead.
-AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-# MLflow announces a new SQLite store's tables on the driver; its warnings and errors still show.
-CHATTY_LOGGERS = ("mlflow.store.db.utils",)
-# Ray starts its workers at niceness 15 (its `worker_niceness`), so that its driver and raylet stay
-# responsive. A trial is then the first process to lose a core to anything else on the machine,
-# where `python -m smaraad.train` runs at 0: on a shared 2-core VM the lone trial showed as
-# ps NI 15 while other jobs ran. The driver and Ray's services use ~3 % of one core during training
-# (docs/measurements.md), so the local instance starts its workers at the driver's niceness, 0.
-# Ray also starts one idle worker per CPU when the driver connects, for tasks to come. A trial
-# never runs in one: Ray Tune gives every trial actor a runtime environment (its env_vars), and
-# a worker serves only the environment it was started with, so Ray starts the trial's own worker
-# and later kills the idle ones. On the 2-core VM their start-up competed with the driver's:
-# without them a one-trial ablate reached its first epoch 1.7 s sooner (two runs each way).
-LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0, "prestart_worker_first_driver": False,
-                       "enable_worker_prestart": False}
-
-
-@contextmanager
-def ray_session(address: str | None, num_cpus: int | None):
-    """Ray for one experiment (`init_ray`), shut down when it ends: a local instance stops, a
-    cluster's driver disconnects. Its report and summary need no Ray, and an explicit shutdown
-    skips the half second Ray's exit handler waits for log lines (none come: log_to_driver is
-    off). A caller that started Ray itself keeps it."""
-    mine = not ray.is_initialized()
-    init_ray(address, num_cpus)
-    try:
-        yield
-    finally:
-        if mine:
-            ray.shutdown()
-
-
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """A private local instance by default; `address` joins an existing cluster."""
-    for key, value in QUIET.items():
-        os.environ.setdefault(key, value)
-    logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if ray.is_initialized():
-        return
-    if address:
-        join_cluster(address)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False,
-                 _system_config=LOCAL_SYSTEM_CONFIG)
-
-
-def join_cluster(address: str) -> None:
-    """Join a running cluster. Ray turns its token authentication on by itself only for
-    address="auto"; a driver that names the head's address gets it here too when this machine has
-    a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset.
-    A cluster without authentication ignores the token. A refused token is the user's to fix."""
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available)
-
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except ConnectionError as exc:
-        causes = f"{exc} {exc.__cause__!r}"
-        hint = ("the cluster wants its token: set RAY_AUTH_TOKEN to what `ray get-auth-token` "
-                "prints on the head, or RAY_AUTH_TOKEN_PATH to a file holding it"
-                if "InvalidAuthToken" in causes or "AuthenticationError" in causes else str(exc))
-        raise UsageError(f"--address {address}: cannot join the Ray cluster; {hint}") from None
+    planned: int = 1                               # the trials it will start (Experiment's)
 
 
 STOPPED_FILE = "asha_stopped.json"
@@ -232,7 +144,7 @@ class SpareCores(tune.Callback):
     counts on the node its last report names; before its first report it keeps its reservation."""
 
     def __init__(self, board: str, planned: int, reserved: int):
-        self.name, self.planned, self.reserved = board, planned, reserved
+        self.board_name, self.planned, self.reserved = board, planned, reserved
         self.board, self.last, self.cpus = None, {}, {}
 
     def node_cpus(self, nodes: set[str]) -> dict[str, int]:
@@ -256,7 +168,8 @@ class SpareCores(tune.Callback):
         if self.board is None:
             if all(n == self.reserved for n in wanted.values()):
                 return
-            self.board = ray.remote(num_cpus=0)(ThreadBoard).options(name=self.name).remote()
+            self.board = ray.remote(num_cpus=0)(ThreadBoard).options(
+                name=self.board_name).remote()
         self.board.set.remote(wanted)
 
 
@@ -394,7 +307,7 @@ def run_config(plan: Plan) -> tune.RunConfig:
                    MlflowStatus(plan.setup.tracking, experiment_path(plan)),
                    Progress(plan.space.metric, [*plan.space.search, *plan.space.grid, "seed"],
                             plan.epochs, errors_log=errors_log(plan)),
-                   *([SpareCores(plan.setup.board, plan.planned, int(plan.cpus_per_trial))]
+                   *([SpareCores(plan.setup.board, plan.planned, plan.setup.threads)]
                      if plan.setup.board else [])],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         failure_config=tune.FailureConfig(max_failures=plan.retries))
