@@ -24,7 +24,6 @@ Decisions:
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,7 +33,7 @@ from analysis import stats, verdicts
 from analysis.formats import write_json
 from analysis.runs import ExperimentError, load_runs
 from smaraad import metrics
-from smaraad.cli import Parser, run
+from smaraad.cli import Parser, command
 from smaraad.paths import writable_dir
 
 EVALUATION_PARAMS = ("dataset", "eps_255")        # a difference here: not the same accuracy
@@ -183,4 +182,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    command(main)

@@ -24,7 +24,6 @@ one write analysis/ makes to MLflow).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,7 +31,7 @@ from typing import Callable, Sequence
 from analysis import figures, formats, stats, tables, teachers, verdicts
 from analysis.runs import RunsTable, load_runs
 from smaraad.attacks import from_255
-from smaraad.cli import Parser, run
+from smaraad.cli import Parser, command
 from smaraad.paths import writable_dir
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download
@@ -245,4 +244,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    command(main)

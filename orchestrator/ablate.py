@@ -8,14 +8,13 @@ varies the teacher too (Figure 1: does a more robust teacher give a more robust 
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from orchestrator import summary
 from orchestrator.common import common_parser, resolve
 from orchestrator.spaces import TEACHER_KEY, SpaceError, available, load_space
 from orchestrator.tune import finish
-from smaraad.cli import UsageError, run
+from smaraad.cli import UsageError, command
 
 
 EXIT_STATUS = ("exit status: 0 when every cell of the table (every variant x seed) finished; 1 "
@@ -82,4 +81,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    command(main)

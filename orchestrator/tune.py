@@ -16,7 +16,7 @@ from orchestrator import summary
 from orchestrator.common import SMOKE, common_parser, resolve
 from orchestrator.spaces import METRICS, SpaceError, available, load_space
 from smaraad import metrics
-from smaraad.cli import UsageError, run
+from smaraad.cli import UsageError, command
 from smaraad.errors import UserError
 
 
@@ -109,4 +109,4 @@ def finish(args, rows: list[dict], r, *, incomplete: str = "") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    command(main)

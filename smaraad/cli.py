@@ -2,14 +2,16 @@
 
 User mistakes (a bad option, config, data root or checkpoint) raise UserError subclasses with a
 message that names what is wrong and what is allowed; `run` prints that message as one line on
-stderr and exits with 2. argparse's own errors get the same one-line treatment.
+stderr and exits with 2. argparse's own errors get the same one-line treatment. `command` is
+each command's `python -m` entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 
 from smaraad.errors import UserError
@@ -50,3 +52,18 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def command(main: Callable[[Sequence[str] | None], int | None]) -> NoReturn:
+    """A command's `python -m` entry: `run(main)` on sys.argv, then exit with its code.
+
+    Before the interpreter exits, every object still alive is frozen out of the cyclic garbage
+    collector's reach (`gc.freeze`). Interpreter shutdown otherwise runs full collections over
+    everything torch, Ray, MLflow and SQLAlchemy loaded: on the 2-core VM an ablate driver's exit
+    took 1.8 s after its last line, 0.3 s with the freeze. Nothing is skipped that Python
+    promises: atexit handlers still run (Ray's, MLflow's, logging's flush), objects freed by
+    reference counting still are, and finalizers of objects alive at exit were never guaranteed.
+    Only the command line does this; `run` called in-process (the tests) leaves gc alone."""
+    code = run(main)
+    gc.freeze()
+    sys.exit(code)

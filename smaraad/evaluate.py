@@ -12,14 +12,13 @@ trained with, so --split val is the trainer's own validation split.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from smaraad.attacks import from_255
 from smaraad.autoattack import AA_VERSIONS, check_version
-from smaraad.cli import Parser, UsageError, run
+from smaraad.cli import Parser, UsageError, command
 from smaraad.config import DATASETS, DEFAULT_DATASET, preset_config
 from smaraad.errors import UserError
 from smaraad import metrics
@@ -226,4 +225,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    command(main)

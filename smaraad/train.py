@@ -13,13 +13,12 @@ an interruption resumes from it.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from smaraad import metrics
 from smaraad.attacks import from_255
-from smaraad.cli import Parser, run
+from smaraad.cli import Parser, command
 from smaraad.config import ConfigError, TrainConfig, canonical, load_yaml_mapping, preset_config
 from smaraad.evaluation import evaluate_best
 from smaraad.io import load_torch, save_json, save_torch
@@ -121,4 +120,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    command(main)

@@ -66,3 +66,31 @@ def test_help_states_the_exit_status(module, when):
     assert done.returncode == 0
     text = " ".join(done.stdout.split())  # argparse wraps the epilog
     assert "exit status: 0 when" in text and when in text and "2 on a bad input" in text
+
+
+# A command's entry (`smaraad.cli.command`) in a fresh interpreter: the exit code and the last
+# line are the command's, atexit handlers still run, and by then gc has frozen what was alive.
+ENTRY = """
+import atexit, gc, sys
+from smaraad.cli import UsageError, command
+
+def main(argv):
+    atexit.register(lambda: print("atexit: frozen", gc.get_freeze_count() > 0, flush=True))
+    print("last line", end="")  # no newline: flushed by the exit, not by print
+    if sys.argv[1] == "bad":
+        raise UsageError("--epochs: 'many'; expected a whole number")
+    return int(sys.argv[1])
+
+command(main)
+"""
+
+
+@pytest.mark.parametrize("arg, code", [("0", 0), ("1", 1), ("bad", 2)])
+def test_a_command_exits_with_its_code_after_its_exit_handlers(arg, code):
+    done = subprocess.run([sys.executable, "-c", ENTRY, arg], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == code
+    assert done.stdout == "last lineatexit: frozen True\n"
+    if arg == "bad":
+        assert done.stderr == "error: --epochs: 'many'; expected a whole number\n"
+
