@@ -67,16 +67,18 @@ def main():
                     "c = p({'method': 'kd'}); provide(from_options(None), c, data=load_splits(c),"
                     " log=None)"], cwd=work, env=env, check=True)
     load_before = os.getloadavg()
-    direct, tuned, direct_epochs, tuned_epochs = [], [], [], []
+    direct, tuned, direct_runs, tuned_runs = [], [], [], []  # wall s; each run's epoch times
     for i in range(args.pairs):
         seconds, out = timed([py, "-m", "smaraad.train", "--method", "kd", "--out",
                               f"{work}/direct{i}", *common], work, env)
         direct.append(seconds)
-        direct_epochs += direct_epoch_s(out)
+        direct_runs.append(direct_epoch_s(out))
         seconds, _ = timed([py, "-m", "orchestrator.ablate", "--variants", "kd", "--seeds", "0",
                             "--no-report", "--name", f"bench{i}", *common], work, env)
         tuned.append(seconds)
-        tuned_epochs += tuned_epoch_s(work, f"bench{i}")
+        tuned_runs.append(tuned_epoch_s(work, f"bench{i}"))
+    direct_epochs = [e for run in direct_runs for e in run]
+    tuned_epochs = [e for run in tuned_runs for e in run]
     a, b = statistics.median(direct), statistics.median(tuned)
     ea, eb = statistics.median(direct_epochs), statistics.median(tuned_epochs)
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; kd, small_cnn <- small_resnet, "
@@ -89,6 +91,13 @@ def main():
     print(f"per epoch (median of {len(direct_epochs)} / {len(tuned_epochs)}): direct {ea:.2f} s, "
           f"through Ray Tune {eb:.2f} s (ratio {eb / ea:.3f}, target <= 1.02); fixed rest of the "
           f"difference {(b - a) - args.epochs * (eb - ea):.1f} s per command")
+    # The VM's speed drifts between runs (a run's median epoch moves by 10-20 %): each pair's own
+    # ratios show whether a gap is the pair's or the drift's.
+    da, db = ([statistics.median(r) for r in runs] for runs in (direct_runs, tuned_runs))
+    print(f"median epoch by run: direct {', '.join(f'{e:.2f}' for e in da)}; through Ray Tune "
+          f"{', '.join(f'{e:.2f}' for e in db)}")
+    print(f"by pair: whole ratio {', '.join(f'{y / x:.3f}' for x, y in zip(direct, tuned))}; "
+          f"per-epoch ratio {', '.join(f'{y / x:.3f}' for x, y in zip(da, db))}")
 
 
 def cpu_name() -> str:
