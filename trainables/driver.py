@@ -18,6 +18,7 @@ from smaraad.config import TrainConfig
 from smaraad.io import save_json
 from smaraad.methods import METHODS
 from trainables.points import TRANSFER_TEACHER
+from trainables.resources import planned_trials
 
 STATE_FILE = "smaraad_experiment.json"   # beside Ray's state: the parent run to resume into
 TEACHER_ARTIFACT_MAX = 256 * 2**20  # bytes; larger teachers are referenced by path only
@@ -65,8 +66,7 @@ class Experiment:
 
     @property
     def planned(self) -> int:
-        """The trials it will start: grid cells times seeds, or the search's samples."""
-        return len(self.variants) * len(self.seeds) if self.variants else self.num_samples
+        return planned_trials(self.variants, self.seeds, self.num_samples)
 
     @property
     def methods(self) -> list[str]:
@@ -150,8 +150,7 @@ def _execute(exp: Experiment, data) -> tuple[list[dict], "Plan"]:
                        board=board_name(exp.name) if shares_cores(exp, res) else "",
                        tags={"smaraad.space": exp.space.name})
     plan = ex.Plan(space=exp.space, setup=setup, name=exp.name, storage_path=exp.storage_path,
-                   epochs=exp.template.epochs, num_samples=exp.num_samples,
-                   planned=exp.planned, seed=exp.seed,
+                   epochs=exp.template.epochs, num_samples=exp.num_samples, seed=exp.seed,
                    seeds=exp.seeds, variants=exp.variants, objectives=exp.objectives,
                    max_concurrent=res.concurrent, cpus_per_trial=res.cpus,
                    gpus_per_trial=res.gpus, retries=exp.retries)

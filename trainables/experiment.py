@@ -29,7 +29,7 @@ from smaraad import metrics
 from smaraad.io import save_json
 
 from trainables.failures import ERRORS_LOG, ray_failures_to
-from trainables.resources import spare_threads
+from trainables.resources import planned_trials, spare_threads
 from trainables.tracking import Tracking, close_trial_run
 from trainables.trial import COMPLETED, NODE_ID, TrialSetup, fmt, run_trial
 
@@ -68,7 +68,10 @@ class Plan:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     retries: int = 0
-    planned: int = 1                               # the trials it will start (Experiment's)
+
+    @property
+    def planned(self) -> int:
+        return planned_trials(self.variants, self.seeds, self.num_samples)
 
 
 STOPPED_FILE = "asha_stopped.json"

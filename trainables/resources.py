@@ -100,6 +100,11 @@ def check_device(device: str, gpus: float) -> None:
         raise UsageError(str(exc)) from None
 
 
+def planned_trials(variants: list, seeds: tuple, num_samples: int) -> int:
+    """The trials an experiment starts: a grid's cells times its seeds, or a search's samples."""
+    return len(variants) * len(seeds) if variants else num_samples
+
+
 def spare_threads(running: dict[str, list[str]], node_cpus: dict[str, int], reserved: int,
                   waiting: bool) -> dict[str, int]:
     """Torch threads per running trial: its reservation while any trial waits to start, else an
